@@ -1,0 +1,351 @@
+"""One typed config: dataclasses, YAML files and dotted `key=value` overrides.
+
+Every field is documented once, here. Loading rejects an unknown key (naming the valid ones),
+a value of the wrong type, and a value outside its allowed set, each with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, reported as one line that names the problem and the fix."""
+
+
+RECIPES = ("sft", "grpo", "cold-start", "bridge", "alternate", "mix", "luffy", "chord")
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"  # outputs go to <output_dir>/<name>/
+    output_dir: str = "runs"
+    seed: int = 0
+    overwrite: bool = True  # replace an existing run directory of the same name (False: refuse)
+
+
+@dataclass
+class ModelConfig:
+    # "embedded" = the tiny testbed model shipped inside the package; else a local
+    # transformers directory, a hub id, or a .gguf file (loaded through transformers + gguf).
+    name_or_path: str = "embedded"
+    gguf_file: str | None = None  # file name inside name_or_path when it is a GGUF repo/dir
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (bf16 is ~6x slower than fp32 on CPU)
+    trust_remote_code: bool = False
+
+
+@dataclass
+class ArithConfig:
+    """The embedded testbed: left-to-right integer arithmetic with a step-by-step chain."""
+
+    ops: str = "+"  # operators drawn from this string, e.g. "+" or "+-"
+    max_value: int = 9  # operands are drawn from 0..max_value
+    train_operands: list[int] = field(default_factory=lambda: [4])  # operand counts of train/test
+    hard_operands: list[int] = field(default_factory=lambda: [6])  # the out-of-distribution split
+    n_rl_train: int = 4000
+    n_sft_train: int = 4000
+    n_test: int = 200
+    n_test_hard: int = 200
+    seed: int = 1234  # the data seed (independent of run.seed, so every run sees the same problems)
+
+
+@dataclass
+class MathTaskConfig:
+    """Math word problems / competition math from local JSONL/Parquet files or the hub."""
+
+    train_path: str | None = None  # RL + SFT training file (or hub id); SFT needs a solution column
+    test_path: str | None = None  # in-distribution test file (or hub id)
+    hard_path: str | None = None  # harder test file (or hub id)
+    hub_split: str = "train"  # split name when a path is a hub dataset id
+    question_field: str | None = None  # None = auto-detect (problem, question, ...)
+    answer_field: str | None = None  # None = auto-detect (answer, final_answer, #### line, boxed)
+    solution_field: str | None = None  # None = auto-detect (solution, answer with steps)
+    limit: int | None = None  # keep the first N rows of each file
+    grade_timeout_s: float = 5.0  # per-answer math-verify timeout; a timeout grades 0
+
+
+@dataclass
+class GymTaskConfig:
+    """Tasks from the `reasoning-gym` package (procedural, with their own verifiers)."""
+
+    rl_dataset: str = "gsm_symbolic"
+    sft_dataset: str = "gsm_symbolic"
+    size: int = 2000
+    test_size: int = 200
+    hard_dataset: str | None = None
+    seed: int = 1234
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arith"  # arith | math | gsm8k | gym
+    arith: ArithConfig = field(default_factory=ArithConfig)
+    math: MathTaskConfig = field(default_factory=MathTaskConfig)
+    gym: GymTaskConfig = field(default_factory=GymTaskConfig)
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"  # hf | vllm (vllm: optional extra, GPU only, experimental)
+    num_generations: int = 8  # G: completions per prompt (group size)
+    prompts_per_step: int = 16  # RL prompts per step (batch = prompts_per_step * G rollouts)
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    vllm_gpu_memory_utilization: float = 0.3
+
+
+@dataclass
+class LossConfig:
+    # grpo | dr_grpo | dapo | bnpo: sets aggregation and advantage scaling (see algos.losses)
+    preset: str = "grpo"
+    clip_eps_low: float = 0.2
+    clip_eps_high: float | None = None  # None = clip_eps_low (DAPO: 0.28)
+    kl_coef: float = 0.0  # KL to the starting model (paper recipe: 1e-3, k3)
+    kl_estimator: str = "k3"  # k1 | k3
+    entropy_coef: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # alpha: theta (full base weights); the paper's 5e-7 is for 3B-8B models
+    lora_lr: float = 3e-3  # beta: the LoRA w (paper silent; see docs/decisions.md)
+    shadow_lr: float | None = None  # thetahat's rate; None = lr (the paper's single alpha)
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 0
+    scheduler: str = "constant"  # constant | cosine
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class BridgeConfig:
+    lam: float = 0.5  # penalty weight lambda in (0, 1] (Eq. 6-8)
+    lam_schedule: str = "constant"  # constant | linear (lam_start -> lam over the run)
+    lam_start: float = 0.3
+    meta: bool = True  # False: the paper's ablation, w trained with theta's loss (no -lam grad L2)
+
+
+@dataclass
+class BaselineConfig:
+    sft_steps: int | None = None  # cold-start: SFT steps before GRPO (None = half of train.steps)
+    alternate_interval: int = 1  # alternate: switch between GRPO and SFT every N steps (Alg. 1)
+    mix_mu: float = 0.1  # mix: J_RL + mu J_SFT
+    luffy_gamma: float = 0.1  # luffy: shaped ratio p / (p + gamma) on expert tokens
+    chord_mu_peak: float = 0.5  # chord: mu warms up to the peak, then decays to the valley
+    chord_mu_valley: float = 0.02
+    chord_warmup_steps: int = 20
+    chord_decay_steps: int = 40
+    chord_phi: bool = True  # per-token weight p(1-p) on expert tokens
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    sft_batch_size: int = 32
+    max_minutes: float | None = None  # stop after this wall time (equal-wall-clock comparisons)
+    log_every: int = 1
+    save_every: int = 0  # 0 = only the final model
+    keep_last: int = 2
+
+
+@dataclass
+class EvalConfig:
+    every: int = 25  # periodic evaluation on the test split (0 = only at the start and end)
+    max_examples: int | None = None  # cap the periodic evaluation (None = the whole split)
+    max_new_tokens: int | None = None  # None = rollout.max_new_tokens
+    batch_size: int = 128
+    k: int = 1  # avg@k / pass@k samples in the final evaluation (1 = greedy pass@1 only)
+    temperature: float = 1.0  # sampling temperature for k > 1
+    shadow: bool = True  # also evaluate thetahat + w in bridge runs
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = True
+    progress: bool = True  # rich progress bar
+
+
+@dataclass
+class Config:
+    recipe: str = "bridge"  # one of RECIPES
+    resume: bool = False
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# Allowed values of string fields, checked after every load.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "recipe": RECIPES,
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "task.name": ("arith", "math", "gsm8k", "gym"),
+    "rollout.engine": ("hf", "vllm"),
+    "loss.preset": ("grpo", "dr_grpo", "dapo", "bnpo"),
+    "loss.kl_estimator": ("k1", "k3"),
+    "optim.scheduler": ("constant", "cosine"),
+    "bridge.lam_schedule": ("constant", "linear"),
+}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; allow int -> float. Raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_tname(tp)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, item_tp, key) for v in value]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key}: expected {_tname(tp)}, got {value!r}")
+
+
+def _tname(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    hints = _hints(type(obj))
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            valid = ", ".join(f.name for f in dataclasses.fields(obj))
+            raise ConfigError(f"unknown config key {full!r}; valid keys{' under ' + prefix[:-1] if prefix else ''}: {valid}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping of sub-keys, got {value!r}")
+            _apply(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def _dotted_to_nested(overrides: list[str]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.steps=50)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = nested
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier one")
+        node[parts[-1]] = value
+    return nested
+
+
+def validate(cfg: Config) -> None:
+    for key, allowed in CHOICES.items():
+        value = get_path(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+    checks = [
+        (cfg.train.steps >= 0, "train.steps must be >= 0"),
+        (cfg.rollout.num_generations >= 2, "rollout.num_generations must be >= 2 (group advantages need a group)"),
+        (cfg.rollout.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1"),
+        (cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
+        (cfg.rollout.temperature > 0, "rollout.temperature must be > 0"),
+        (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (0 < cfg.bridge.lam <= 1, "bridge.lam must be in (0, 1]"),
+        (0 < cfg.bridge.lam_start <= 1, "bridge.lam_start must be in (0, 1]"),
+        (cfg.lora.r >= 1, "lora.r must be >= 1"),
+        (0 <= cfg.lora.dropout < 1, "lora.dropout must be in [0, 1)"),
+        (cfg.optim.lr > 0 and cfg.optim.lora_lr > 0, "optim.lr and optim.lora_lr must be > 0"),
+        (cfg.train.sft_batch_size >= 1, "train.sft_batch_size must be >= 1"),
+        (cfg.eval.k >= 1, "eval.k must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def get_path(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then the overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found; pass an existing YAML file (see configs/)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}; fix its syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not {type(data).__name__}")
+        _apply(cfg, data)
+    if overrides:
+        _apply(cfg, _dotted_to_nested(overrides))
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
