@@ -106,6 +106,7 @@ class RolloutConfig:
 class LossConfig:
     # grpo | dr_grpo | dapo | bnpo: sets aggregation and advantage scaling (see algos.losses)
     preset: str = "grpo"
+    aggregation: str | None = None  # override the preset's: token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
     clip_eps_low: float = 0.2
     clip_eps_high: float | None = None  # None = clip_eps_low (DAPO: 0.28)
     kl_coef: float = 0.0  # KL to the starting model (paper recipe: 1e-3, k3)
@@ -118,6 +119,7 @@ class OptimConfig:
     lr: float = 1e-3  # alpha: theta (full base weights); the paper's 5e-7 is for 3B-8B models
     lora_lr: float = 3e-3  # beta: the LoRA w (paper silent; see docs/decisions.md)
     shadow_lr: float | None = None  # thetahat's rate; None = lr (the paper's single alpha)
+    optimizer: str = "adamw"  # adamw | sgd (sgd: plain steps, for exact checks and ablations)
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     beta1: float = 0.9
@@ -161,6 +163,7 @@ class BaselineConfig:
 class TrainConfig:
     steps: int = 100
     sft_batch_size: int = 32
+    micro_batch_size: int | None = None  # rows per forward/backward chunk (None = whole batch); exact
     max_minutes: float | None = None  # stop after this wall time (equal-wall-clock comparisons)
     log_every: int = 1
     save_every: int = 0  # 0 = only the final model
@@ -210,7 +213,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "rollout.engine": ("hf", "vllm"),
     "loss.preset": ("grpo", "dr_grpo", "dapo", "bnpo"),
     "loss.kl_estimator": ("k1", "k3"),
+    "loss.aggregation": (None, "token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
     "optim.scheduler": ("constant", "cosine"),
+    "optim.optimizer": ("adamw", "sgd"),
     "bridge.lam_schedule": ("constant", "linear"),
 }
 

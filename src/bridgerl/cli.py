@@ -1,0 +1,137 @@
+"""The `bridgerl` command: train, eval, pretrain, compare, plot.
+
+    bridgerl train [CONFIG.yaml] [key=value ...]     # no arguments: BRIDGE on the embedded testbed
+    bridgerl eval MODEL_DIR [--split test] [--k 8] [key=value ...]
+    bridgerl pretrain [--out DIR] [--steps N]
+    bridgerl compare [--recipes ...] [--seeds N] [--steps N | --minutes M] [key=value ...]
+    bridgerl plot RUN_DIR [RUN_DIR ...]
+
+User errors (bad config, missing model, malformed data) print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bridgerl.config import ConfigError, load_config
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from bridgerl.models.loading import ModelLoadError
+    from bridgerl.tasks.base import TaskError
+
+    return ConfigError, TaskError, ModelLoadError
+
+
+def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    path, overrides = None, []
+    for a in args:
+        if "=" not in a and a.endswith((".yaml", ".yml")) and path is None:
+            path = a
+        else:
+            overrides.append(a)
+    return path, overrides
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from bridgerl.trainers.loop import train
+
+    path, overrides = _split_config_args(ns.args)
+    cfg = load_config(path, overrides)
+    summary = train(cfg)
+    keys = [k for k in ("initial/eval/accuracy", "eval/accuracy", "initial/eval_hard/accuracy", "eval_hard/accuracy",
+                        "shadow/eval/accuracy", "time_s", "peak_rss_mb", "status") if k in summary]
+    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from bridgerl.eval.cli import run_eval
+
+    return run_eval(ns)
+
+
+def cmd_pretrain(ns: argparse.Namespace) -> int:
+    from bridgerl.models.tiny import pretrain
+
+    kwargs = {"seed": ns.seed}
+    if ns.steps is not None:
+        kwargs["steps"] = ns.steps
+    report = pretrain(Path(ns.out), **kwargs)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from bridgerl.report.compare import run_compare
+
+    return run_compare(ns)
+
+
+def cmd_plot(ns: argparse.Namespace) -> int:
+    from bridgerl.report.plots import plot_runs
+
+    paths = plot_runs([Path(p) for p in ns.runs], Path(ns.out) if ns.out else None)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bridgerl", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train with a recipe (default: bridge on the embedded testbed)")
+    p.add_argument("args", nargs="*", help="an optional CONFIG.yaml, then key=value overrides (e.g. recipe=grpo)")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model directory: greedy pass@1, avg@k, pass@k")
+    p.add_argument("model", help="a transformers model directory, or 'embedded'")
+    p.add_argument("--split", default="test", help="test | test_hard | rl_train | sft_train (default: test)")
+    p.add_argument("--benchmark", nargs="*", default=None,
+                   help="math benchmarks by name (math500 minerva_math olympiadbench aime24 amc23 gsm8k; 'all')")
+    p.add_argument("--data-root", default=None, help="folder holding the benchmark files (default: ../shared/data)")
+    p.add_argument("--k", type=int, default=1, help="samples per problem for avg@k / pass@k (1 = greedy only)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N problems only")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--out", default=None, help="JSONL file (or folder, for several benchmarks) for completions")
+    p.add_argument("args", nargs="*", help="task options as key=value (e.g. task.arith.train_operands=[3])")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("pretrain", help="rebuild the embedded testbed base model from scratch")
+    p.add_argument("--out", default="runs/pretrain", help="output directory")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_pretrain)
+
+    p = sub.add_parser("compare", help="run several recipes x seeds on one budget; table, report and plots")
+    p.add_argument("--recipes", nargs="+", default=None)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None, help="equal optimizer steps per recipe")
+    p.add_argument("--minutes", type=float, default=None, help="equal wall-clock per recipe")
+    p.add_argument("--name", default="default")
+    p.add_argument("--reward-noise", type=float, default=None, help="flip each reward with this probability")
+    p.add_argument("--lam-sweep", nargs="*", type=float, default=None, help="bridge.lam values to sweep")
+    p.add_argument("args", nargs="*", help="a CONFIG.yaml and/or key=value overrides applied to every run")
+    p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser("plot", help="draw the curves of existing runs")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", default=None, help="output folder (default: the first run's parent)")
+    p.set_defaults(fn=cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = build_parser().parse_args(argv)
+    try:
+        code = ns.fn(ns)
+    except _user_errors() as exc:
+        print(f"bridgerl {ns.command}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)

@@ -1,0 +1,59 @@
+"""`bridgerl eval`: a model directory on a task split or on the math benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bridgerl.config import ConfigError, ModelConfig, load_config
+
+
+def _default_data_root() -> str:
+    import os
+
+    return os.environ.get("BRIDGERL_DATA", str(Path("..") / "shared" / "data"))
+
+
+def run_eval(ns: argparse.Namespace) -> int:
+    from bridgerl.eval.evaluate import evaluate, write_records
+    from bridgerl.models.loading import load
+    from bridgerl.rollout.hf import HFEngine
+    from bridgerl.tasks import build_task
+    from bridgerl.tasks.base import SPLITS
+
+    path = next((a for a in ns.args if a.endswith((".yaml", ".yml")) and "=" not in a), None)
+    cfg = load_config(path, [a for a in ns.args if a != path])
+    if ns.split not in SPLITS:
+        raise ConfigError(f"--split {ns.split!r} is not a split; choose one of: {', '.join(SPLITS)}")
+    model_cfg = ModelConfig(name_or_path=ns.model, dtype=cfg.model.dtype)
+    if ns.benchmark is not None:
+        from bridgerl.tasks.math import BENCHMARKS, benchmark_task
+
+        names = list(BENCHMARKS) if ns.benchmark in ([], ["all"]) else ns.benchmark
+        unknown = [n for n in names if n not in BENCHMARKS]
+        if unknown:
+            raise ConfigError(f"unknown benchmark {unknown[0]!r}; choose from: {', '.join(BENCHMARKS)} or 'all'")
+        root = ns.data_root or _default_data_root()
+        jobs = [(n, benchmark_task(n, root, limit=ns.limit), "test") for n in names]
+        default_tokens = 1024
+    else:
+        jobs = [(cfg.task.name, build_task(cfg.task), ns.split)]
+        default_tokens = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+    model, tokenizer = load(model_cfg)
+    engine = HFEngine(model, tokenizer)
+    results = {}
+    for name, task, split in jobs:
+        examples = task.split(split)[: ns.limit] if ns.limit else task.split(split)
+        res = evaluate(engine, tokenizer, task, examples, max_new_tokens=ns.max_new_tokens or default_tokens,
+                       batch_size=ns.batch_size or cfg.eval.batch_size, k=ns.k, temperature=ns.temperature)
+        results[name] = {"split": split, "n": len(examples), "pass@1": res.accuracy, **res.metrics}
+        if ns.out:
+            out = Path(ns.out)
+            target = out / f"{name}_{split}.jsonl" if len(jobs) > 1 or out.suffix != ".jsonl" else out
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_records(target, res.records)
+        print(f"{name} [{split}, n={len(examples)}]  pass@1 = {res.accuracy:.4f}"
+              + "".join(f"  {k} = {v:.4f}" for k, v in res.metrics.items() if k.startswith(("avg@", "pass@"))))
+    print(json.dumps(results, indent=2))
+    return 0

@@ -1,0 +1,110 @@
+"""Token batches (prompt left-padded, completion right-padded) and their per-token log-probs.
+
+One layout serves rollouts, SFT demonstrations and LUFFY's mixed groups, so every recipe
+computes log-probs with the same function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bridgerl.algos import entropy_from_logits, token_logprobs
+
+
+@dataclass
+class TokenBatch:
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P]
+    completion_ids: torch.Tensor  # [B, C] right-padded
+    completion_mask: torch.Tensor  # [B, C] 1 on tokens that are scored (and trained)
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def select(self, rows: slice | torch.Tensor) -> TokenBatch:
+        return TokenBatch(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    def chunks(self, size: int | None) -> Iterator[TokenBatch]:
+        if not size or size >= len(self):
+            yield self
+            return
+        for start in range(0, len(self), size):
+            yield self.select(slice(start, start + size))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.completion_mask.sum())
+
+
+def from_rollout(rollout: Any) -> TokenBatch:
+    return TokenBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
+
+
+def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if not s:
+            continue
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, cols] = torch.tensor(s, dtype=torch.long)
+        mask[i, cols] = 1
+    return ids, mask
+
+
+def encode_pairs(tokenizer: Any, prompts: list[str], completions: list[str], *, add_eos: bool = True,
+                 max_completion_tokens: int | None = None, device: torch.device | str = "cpu") -> TokenBatch:
+    """Tokenize prompt / completion pairs separately (the prompt with BOS, the completion + EOS)."""
+    bos = tokenizer.bos_token
+    prompt_tok = [tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"] for p in prompts]
+    comp_tok = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    if add_eos:
+        comp_tok = [c + [tokenizer.eos_token_id] for c in comp_tok]
+    if max_completion_tokens:
+        comp_tok = [c[:max_completion_tokens] for c in comp_tok]
+    pad = tokenizer.pad_token_id
+    p_ids, p_mask = _pad(prompt_tok, pad, left=True)
+    c_ids, c_mask = _pad(comp_tok, pad, left=False)
+    return TokenBatch(p_ids.to(device), p_mask.to(device), c_ids.to(device), c_mask.to(device))
+
+
+def concat(batches: list[TokenBatch], pad_id: int) -> TokenBatch:
+    """Stack batches whose prompt / completion widths differ (re-padding left and right)."""
+    P = max(b.prompt_ids.shape[1] for b in batches)
+    C = max(b.completion_ids.shape[1] for b in batches)
+
+    def grow(t: torch.Tensor, width: int, left: bool, value: int) -> torch.Tensor:
+        extra = width - t.shape[1]
+        return F.pad(t, (extra, 0) if left else (0, extra), value=value)
+
+    return TokenBatch(
+        torch.cat([grow(b.prompt_ids, P, True, pad_id) for b in batches]),
+        torch.cat([grow(b.prompt_mask, P, True, 0) for b in batches]),
+        torch.cat([grow(b.completion_ids, C, False, pad_id) for b in batches]),
+        torch.cat([grow(b.completion_mask, C, False, 0) for b in batches]),
+    )
+
+
+def sequence_logprobs(model: torch.nn.Module, batch: TokenBatch, *, with_entropy: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs of the completion tokens [B, C] (and their entropies, no grad)."""
+    input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
+    attention = torch.cat([batch.prompt_mask, batch.completion_mask.clamp(max=1)], dim=1)
+    # Positions count only real tokens, as generate does under left padding.
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    C = batch.completion_ids.shape[1]
+    # logits_to_keep: the LM head runs only on the C positions that predict completion tokens.
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                   logits_to_keep=C + 1, use_cache=False).logits[:, :-1]  # [B, C, V]
+    logp = token_logprobs(logits, batch.completion_ids)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits.detach())
+    return logp, entropy

@@ -1,0 +1,188 @@
+"""The one outer loop every recipe shares: set up, evaluate, step, log, save, summarise.
+
+Everything that can fail on user input (config, model path, dataset rows) is checked before
+the run directory is created, so a failed start leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bridgerl.config import Config, ConfigError, dump_yaml
+from bridgerl.eval.evaluate import evaluate, write_records
+from bridgerl.models.loading import load
+from bridgerl.models.lora import save_adapter, save_merged, swapped
+from bridgerl.tasks import build_task
+from bridgerl.tasks.base import TEST, TEST_HARD, Task
+from bridgerl.trainers.recipes import STEPS
+from bridgerl.trainers.state import TrainState, build_state
+from bridgerl.utils.logging import MetricLogger
+from bridgerl.utils.memory import peak_cuda_mb, peak_rss_mb
+from bridgerl.utils.seed import seed_everything
+
+console = Console(stderr=True)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_engine(cfg: Config, model: torch.nn.Module, tokenizer: Any) -> Any:
+    if cfg.rollout.engine == "vllm":
+        from bridgerl.rollout.vllm import VLLMEngine
+
+        return VLLMEngine(cfg, model, tokenizer)
+    from bridgerl.rollout.hf import HFEngine
+
+    return HFEngine(model, tokenizer)
+
+
+def run_dir_for(cfg: Config) -> Path:
+    return Path(cfg.run.output_dir) / cfg.run.name
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    path = run_dir_for(cfg)
+    if path.exists():
+        if not cfg.run.overwrite:
+            raise ConfigError(f"run directory {str(path)!r} exists; pick another run.name or set run.overwrite=true")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def eval_split(st: TrainState, split: str, *, limit: int | None = None, shadow: bool = False,
+               k: int = 1) -> tuple[float, Any]:
+    cfg = st.cfg
+    examples = st.task.split(split)[:limit] if limit else st.task.split(split)
+    max_new = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+    with st.timer("eval"):
+        if shadow:
+            with swapped(st.theta, st.shadow):
+                res = evaluate(st.engine, st.tokenizer, st.task, examples, max_new_tokens=max_new,
+                               batch_size=cfg.eval.batch_size, k=k, temperature=cfg.eval.temperature)
+        else:
+            res = evaluate(st.engine, st.tokenizer, st.task, examples, max_new_tokens=max_new,
+                           batch_size=cfg.eval.batch_size, k=k, temperature=cfg.eval.temperature)
+    return res.accuracy, res
+
+
+def periodic_eval(st: TrainState) -> dict[str, float]:
+    limit = st.cfg.eval.max_examples
+    out = {"eval/accuracy": eval_split(st, TEST, limit=limit)[0]}
+    if st.shadow is not None and st.cfg.eval.shadow:
+        out["eval_shadow/accuracy"] = eval_split(st, TEST, limit=limit, shadow=True)[0]
+    return out
+
+
+def final_eval(st: TrainState, run_dir: Path | None, prefix: str = "") -> dict[str, float]:
+    """Test and hard-split accuracy (and avg@k / pass@k when eval.k > 1), completions to JSONL."""
+    out: dict[str, float] = {}
+    variants = [("", False)]
+    if st.shadow is not None and st.cfg.eval.shadow and not prefix:
+        variants.append(("shadow/", True))
+    for tag, shadow in variants:
+        for split, key in ((TEST, "eval"), (TEST_HARD, "eval_hard")):
+            if not st.task.split(split):
+                continue
+            acc, res = eval_split(st, split, shadow=shadow, k=st.cfg.eval.k)
+            for name, value in res.metrics.items():
+                out[f"{prefix}{tag}{key}/{name}"] = value
+            if run_dir is not None:
+                (run_dir / "completions").mkdir(exist_ok=True)
+                stem = f"{prefix.strip('/').replace('/', '_') or 'final'}{'_shadow' if shadow else ''}_{split}"
+                write_records(run_dir / "completions" / f"{stem}.jsonl", res.records)
+    return out
+
+
+def save_outputs(st: TrainState, run_dir: Path) -> None:
+    cfg = st.cfg
+    save_merged(st.model, st.tokenizer, run_dir / "final")  # theta + w merged: the deployed model
+    if st.lora:
+        save_adapter(st.model, run_dir / "adapter", targets=cfg.lora.targets, r=cfg.lora.r,
+                     alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, base_model_name_or_path=cfg.model.name_or_path)
+    if st.shadow is not None:
+        save_merged(st.model, st.tokenizer, run_dir / "shadow", overrides=st.shadow)  # thetahat + w
+
+
+def setup(cfg: Config) -> tuple[TrainState, Task]:
+    """Everything that can reject user input, before any file is written."""
+    seed_everything(cfg.run.seed)
+    task = build_task(cfg.task)
+    model, tokenizer = load(cfg.model, pick_device())
+    engine = make_engine(cfg, model, tokenizer)
+    st = build_state(cfg, task, model, tokenizer, engine)
+    return st, task
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    st, _ = setup(cfg)
+    run_dir = prepare_run_dir(cfg)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard)
+    summary: dict[str, Any] = {"recipe": cfg.recipe, "run": cfg.run.name}
+    try:
+        summary.update(final_eval(st, run_dir, prefix="initial/"))
+        logger.log(0, {"time_s": time.perf_counter() - t_start, "eval/accuracy": summary.get("initial/eval/accuracy"),
+                       **st.timer.pop()})
+        _loop(st, logger, t_start)
+        summary.update(final_eval(st, run_dir))
+        with st.timer("save"):
+            save_outputs(st, run_dir)
+    finally:
+        logger.close()
+    summary["steps"] = st.step
+    summary["time_s"] = time.perf_counter() - t_start
+    summary["peak_rss_mb"] = peak_rss_mb()
+    if (cuda := peak_cuda_mb()) is not None:
+        summary["peak_cuda_mb"] = cuda
+    summary["status"] = _status(st, summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _status(st: TrainState, summary: dict[str, Any]) -> str:
+    # A collapsed shadow makes the cooperative gain meaningless (testbed-notes): a failed run.
+    if st.shadow is not None and "shadow/eval/accuracy" in summary:
+        base = summary.get("initial/eval/accuracy", 0.0)
+        if base > 0 and summary["shadow/eval/accuracy"] < 0.5 * base:
+            console.print(f"[red]shadow collapsed: thetahat + w scores {summary['shadow/eval/accuracy']:.3f} "
+                          f"against the base model's {base:.3f}; lower optim.shadow_lr[/red]")
+            return "shadow_collapsed"
+    return "ok"
+
+
+def _loop(st: TrainState, logger: MetricLogger, t_start: float) -> None:
+    cfg = st.cfg
+    step_fn = STEPS[cfg.recipe]
+    columns = [TextColumn(f"[bold]{cfg.recipe}[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[info]}")]
+    with Progress(*columns, console=console, disable=not cfg.log.progress) as progress:
+        bar = progress.add_task("train", total=cfg.train.steps, info="")
+        for step in range(st.step, cfg.train.steps):
+            st.step = step
+            t0 = time.perf_counter()
+            metrics = step_fn(st)
+            metrics["step_time"] = time.perf_counter() - t0
+            if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.steps:
+                metrics.update(periodic_eval(st))
+            metrics.update(st.timer.pop())
+            metrics["time_s"] = time.perf_counter() - t_start
+            st.step = step + 1
+            if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
+                logger.log(step + 1, metrics)
+            info = " ".join(f"{k.split('/')[-1]}={metrics[k]:.3f}" for k in ("reward", "loss/sft", "eval/accuracy")
+                            if k in metrics)
+            progress.update(bar, advance=1, info=info)
+            if cfg.train.max_minutes is not None and metrics["time_s"] > 60 * cfg.train.max_minutes:
+                console.print(f"stopping at step {step + 1}: train.max_minutes={cfg.train.max_minutes} reached")
+                break

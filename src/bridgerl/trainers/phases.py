@@ -1,0 +1,179 @@
+"""The phases every recipe is made of: rollout, grading, loss passes, optimizer steps.
+
+A pass runs forward + backward over micro-batches of one batch; the loss of each micro-batch
+is normalised by the *whole* batch's token / sequence counts (algos.aggregate), so the
+accumulated gradient equals the full-batch gradient whatever the micro-batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from bridgerl.algos import (PRESETS, chord_phi_weights, group_advantages, group_stats, policy_loss, sft_loss,
+                            zero_std_group_mask)
+from bridgerl.rollout.base import Rollout, SamplingParams
+from bridgerl.tasks.base import Example, render_prompt
+from bridgerl.trainers.batch import TokenBatch, encode_pairs, from_rollout, sequence_logprobs
+from bridgerl.trainers.state import TrainState
+
+
+@dataclass
+class RLBatch:
+    examples: list[Example]  # one per row (each prompt repeated G times)
+    batch: TokenBatch
+    rewards: torch.Tensor  # [B]
+    advantages: torch.Tensor  # [B]
+    off_policy: torch.Tensor | None = None  # [B] bool, LUFFY's expert rows
+
+
+def preset(st: TrainState) -> dict:
+    values = dict(PRESETS[st.cfg.loss.preset])
+    if st.cfg.loss.aggregation:
+        values["aggregation"] = st.cfg.loss.aggregation
+    return values
+
+
+def sampling(st: TrainState, n: int) -> SamplingParams:
+    r = st.cfg.rollout
+    return SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, n=n)
+
+
+def rollout_metrics(rollout: Rollout, rewards: torch.Tensor, group: int) -> dict[str, float]:
+    lengths = rollout.completion_mask.sum(1).float()
+    return {
+        **group_stats(rewards, group),
+        "completions/mean_length": lengths.mean().item(),
+        "completions/max_length": lengths.max().item(),
+        "completions/clipped_ratio": sum(r == "length" for r in rollout.finish_reasons) / len(rollout),
+    }
+
+
+def generate_and_grade(st: TrainState, examples: list[Example], n: int) -> tuple[Rollout, torch.Tensor, list[Example]]:
+    prompts = [render_prompt(st.task, e, st.tokenizer) for e in examples]
+    with st.timer("generate"):
+        rollout = st.engine.generate(prompts, sampling(st, n))
+    rows = [e for e in examples for _ in range(n)]
+    with st.timer("grade"):
+        rewards = torch.tensor(st.task.grade_batch(rows, rollout.texts), dtype=torch.float32)
+    return rollout, rewards, rows
+
+
+def rl_batch(st: TrainState, metrics: dict[str, float]) -> RLBatch:
+    """Sample prompts, roll out G completions each from the current policy, grade, advantages."""
+    cfg = st.cfg
+    examples = [st.rl_examples[i] for i in st.rl_sampler.take(cfg.rollout.prompts_per_step)]
+    G = cfg.rollout.num_generations
+    rollout, rewards, rows = generate_and_grade(st, examples, G)
+    metrics.update(rollout_metrics(rollout, rewards, G))
+    p = preset(st)
+    adv = group_advantages(rewards, G, scale=p["advantage_scale"])
+    out = RLBatch(rows, from_rollout(rollout), rewards, adv)
+    if p["drop_zero_std_groups"]:
+        keep = zero_std_group_mask(rewards, G)
+        metrics["frac_rows_dropped"] = 1.0 - keep.float().mean().item()
+        if keep.any():
+            out = RLBatch([r for r, k in zip(rows, keep.tolist()) if k], out.batch.select(keep), rewards[keep], adv[keep])
+    return out
+
+
+def sft_batch(st: TrainState) -> TokenBatch:
+    examples = [st.sft_examples[i] for i in st.sft_sampler.take(st.cfg.train.sft_batch_size)]
+    prompts = [render_prompt(st.task, e, st.tokenizer) for e in examples]
+    return encode_pairs(st.tokenizer, prompts, [e.solution for e in examples], device=st.device)
+
+
+def _forward(st: TrainState, batch: TokenBatch, params: dict[str, torch.Tensor] | None, with_entropy: bool):
+    if params is None:
+        return sequence_logprobs(st.model, batch, with_entropy=with_entropy)
+    model = _Bound(st.model, params)
+    return sequence_logprobs(model, batch, with_entropy=with_entropy)
+
+
+class _Bound(nn.Module):
+    """The model called with some parameters replaced (thetahat, or the reference weights)."""
+
+    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.inner, self.params = model, params
+
+    def forward(self, **kwargs):
+        return functional_call(self.inner, self.params, args=(), kwargs=kwargs)
+
+
+def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str, torch.Tensor] | None = None,
+            old_logp: torch.Tensor | None = None) -> tuple[float, torch.Tensor, dict[str, float]]:
+    """Forward + backward of scale * L_RL on the rollouts; returns (loss, logp [B, C] detached, metrics).
+
+    params: evaluate with these parameters swapped in (the shadow thetahat); gradients then
+    reach those tensors and the LoRA w. old_logp: log-probs of the sampling policy; None means
+    the batch was sampled by the parameters being trained (on-policy, ratio 1).
+    """
+    cfg, p = st.cfg, preset(st)
+    batch, mb = rb.batch, cfg.train.micro_batch_size
+    num_tokens, num_seqs = float(batch.num_tokens), float(len(batch))
+    max_len = cfg.rollout.max_new_tokens
+    want_entropy = True
+    total, logps, sums = 0.0, [], {}
+    start = 0
+    for chunk in batch.chunks(mb):
+        rows = slice(start, start + len(chunk))
+        start += len(chunk)
+        logp, entropy = _forward(st, chunk, params, want_entropy)
+        old = logp.detach() if old_logp is None else old_logp[rows]
+        ref_logp = None
+        if st.ref is not None:
+            with torch.no_grad():
+                ref_logp, _ = _forward(st, chunk, st.ref, False)
+        loss, m = policy_loss(
+            logp, old, rb.advantages[rows].to(logp.device), chunk.completion_mask,
+            clip_eps_low=cfg.loss.clip_eps_low,
+            clip_eps_high=cfg.loss.clip_eps_high if cfg.loss.clip_eps_high is not None else p["clip_eps_high"],
+            aggregation=p["aggregation"],
+            num_tokens=num_tokens if p["global_norm"] else None,
+            num_seqs=num_seqs if p["global_norm"] else None,
+            max_len=max_len, ref_logp=ref_logp, kl_coef=cfg.loss.kl_coef, kl_estimator=cfg.loss.kl_estimator,
+            entropy=entropy, entropy_coef=cfg.loss.entropy_coef,
+            off_policy=None if rb.off_policy is None else rb.off_policy[rows],
+            shaped_gamma=cfg.baseline.luffy_gamma,
+        )
+        (scale * loss).backward()
+        total += loss.item()
+        logps.append(logp.detach())
+        weight = chunk.num_tokens
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * weight
+    width = batch.completion_ids.shape[1]
+    logp_all = torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in logps])
+    metrics = {k: v / max(1.0, num_tokens) for k, v in sums.items()}
+    return total, logp_all, metrics
+
+
+def sft_pass(st: TrainState, batch: TokenBatch, *, scale: float = 1.0, phi: bool = False) -> float:
+    """Forward + backward of scale * L_SFT (token-mean NLL; CHORD-phi weights when phi)."""
+    num_tokens = float(batch.num_tokens)
+    total = 0.0
+    for chunk in batch.chunks(st.cfg.train.micro_batch_size):
+        logp, _ = sequence_logprobs(st.model, chunk)
+        weights = chord_phi_weights(logp) if phi else None
+        loss = sft_loss(logp, chunk.completion_mask, token_weights=weights, num_tokens=num_tokens)
+        (scale * loss).backward()
+        total += loss.item()
+    return total
+
+
+def optimizer_step(st: TrainState, groups: tuple[str, ...], metrics: dict[str, float]) -> None:
+    """Clip each group's gradient norm, step its optimizer and scheduler, zero its gradients."""
+    with st.timer("optim"):
+        for g in groups:
+            params = st.group_params(g)
+            norm = torch.nn.utils.clip_grad_norm_(params, st.cfg.optim.max_grad_norm)
+            metrics[f"grad_norm/{g}"] = float(norm)
+            st.optimizers[g].step()
+            st.schedulers[g].step()
+            st.optimizers[g].zero_grad(set_to_none=True)
+            metrics[f"lr/{g}"] = st.schedulers[g].get_last_lr()[0]
+        st.engine.sync(st.model)

@@ -1,0 +1,173 @@
+"""One step function per recipe. Each reads top to bottom as named phases built from
+`phases`; none holds numeric code of its own (that lives in `bridgerl.algos`).
+
+Every step returns the metrics it produced; the shared loop (`loop.py`) logs them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from bridgerl.algos import combine_lora_grads, group_advantages, lam_at
+from bridgerl.tasks.base import render_prompt
+from bridgerl.trainers.batch import concat, encode_pairs, from_rollout
+from bridgerl.trainers.phases import (RLBatch, generate_and_grade, optimizer_step, rl_batch, rl_pass, rollout_metrics,
+                                      sft_batch, sft_pass)
+from bridgerl.trainers.state import TrainState
+
+Metrics = dict[str, float]
+
+
+def sft_step(st: TrainState) -> Metrics:
+    m: Metrics = {"phase_sft": 1.0}
+    batch = sft_batch(st)
+    with st.timer("sft_fwd_bwd"):
+        m["loss/sft"] = sft_pass(st, batch)
+    optimizer_step(st, ("theta",), m)
+    return m
+
+
+def grpo_step(st: TrainState) -> Metrics:
+    m: Metrics = {"phase_sft": 0.0}
+    rb = rl_batch(st, m)
+    with st.timer("rl_fwd_bwd"):
+        m["loss/rl"], _, pm = rl_pass(st, rb)
+    m.update(pm)
+    optimizer_step(st, ("theta",), m)
+    return m
+
+
+def cold_start_step(st: TrainState) -> Metrics:
+    """Two decoupled stages in one run: SFT for the first `baseline.sft_steps`, then GRPO."""
+    sft_steps = st.cfg.baseline.sft_steps
+    if sft_steps is None:
+        sft_steps = st.cfg.train.steps // 2
+    return sft_step(st) if st.step < sft_steps else grpo_step(st)
+
+
+def alternate_step(st: TrainState) -> Metrics:
+    """Naive alternating (BRIDGE paper, Alg. 1): GRPO updates, then SFT updates, in turn."""
+    k = st.cfg.baseline.alternate_interval
+    return grpo_step(st) if (st.step // k) % 2 == 0 else sft_step(st)
+
+
+def mix_step(st: TrainState) -> Metrics:
+    """Naive mixing: one update on L_RL + mu L_SFT, one set of weights."""
+    m: Metrics = {}
+    rb = rl_batch(st, m)
+    batch = sft_batch(st)
+    with st.timer("rl_fwd_bwd"):
+        m["loss/rl"], _, pm = rl_pass(st, rb)
+    with st.timer("sft_fwd_bwd"):
+        m["loss/sft"] = sft_pass(st, batch, scale=st.cfg.baseline.mix_mu)
+    m.update(pm)
+    optimizer_step(st, ("theta",), m)
+    return m
+
+
+def chord_mu(step: int, peak: float, valley: float, warmup: int, decay: int) -> float:
+    """CHORD-mu: linear warm-up to the peak, cosine decay to the valley, then flat."""
+    if warmup and step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, decay))
+    return valley + 0.5 * (peak - valley) * (1 + math.cos(math.pi * t))
+
+
+def chord_step(st: TrainState) -> Metrics:
+    """CHORD: (1 - mu) L_GRPO + mu L_SFT, with per-token weight p(1-p) on expert tokens (phi)."""
+    b = st.cfg.baseline
+    mu = chord_mu(st.step, b.chord_mu_peak, b.chord_mu_valley, b.chord_warmup_steps, b.chord_decay_steps)
+    m: Metrics = {"chord/mu": mu}
+    rb = rl_batch(st, m)
+    batch = sft_batch(st)
+    with st.timer("rl_fwd_bwd"):
+        m["loss/rl"], _, pm = rl_pass(st, rb, scale=1.0 - mu)
+    with st.timer("sft_fwd_bwd"):
+        m["loss/sft"] = sft_pass(st, batch, scale=mu, phi=b.chord_phi)
+    m.update(pm)
+    optimizer_step(st, ("theta",), m)
+    return m
+
+
+def luffy_step(st: TrainState) -> Metrics:
+    """LUFFY: per prompt G-1 on-policy rollouts + its expert trace, advantages over the union
+    group (mean-centred, no std), shaped ratio p/(p+gamma) on the expert tokens."""
+    cfg = st.cfg
+    G = cfg.rollout.num_generations
+    examples = [st.rl_examples[i] for i in st.rl_sampler.take(cfg.rollout.prompts_per_step)]
+    m: Metrics = {}
+    rollout, rewards, rows = generate_and_grade(st, examples, G - 1)
+    m.update(rollout_metrics(rollout, rewards, G - 1))
+    prompts = [render_prompt(st.task, e, st.tokenizer) for e in examples]
+    expert = encode_pairs(st.tokenizer, prompts, [e.solution for e in examples], device=st.device)
+    with st.timer("grade"):
+        expert_rewards = torch.tensor(st.task.grade_batch(examples, [e.solution for e in examples]))
+    m["luffy/expert_reward"] = expert_rewards.mean().item()
+    # Build the union groups: rows i*G .. i*G+G-2 are prompt i's rollouts, row i*G+G-1 its expert.
+    mixed = concat([from_rollout(rollout), expert], st.tokenizer.pad_token_id)
+    order = torch.tensor([j for i in range(len(examples)) for j in [*range(i * (G - 1), (i + 1) * (G - 1)),
+                                                                     len(rows) + i]])
+    all_rewards = torch.cat([rewards, expert_rewards.float()])[order]
+    off_policy = torch.zeros(len(order), dtype=torch.bool)
+    off_policy[G - 1 :: G] = True
+    adv = group_advantages(all_rewards, G, scale="none")  # LUFFY's released config: no std division
+    rb = RLBatch([e for e in examples for _ in range(G)], mixed.select(order), all_rewards, adv, off_policy)
+    with st.timer("rl_fwd_bwd"):
+        m["loss/rl"], _, pm = rl_pass(st, rb)
+    m.update(pm)
+    optimizer_step(st, ("theta",), m)
+    return m
+
+
+def bridge_step(st: TrainState) -> Metrics:
+    """One BRIDGE iteration (method.md section 4, Eqs. 7-9).
+
+    One rollout from pi(theta, w); pass 1: (1-lam) L_SFT + lam L_RL at theta -> theta.grad, g1;
+    pass 2: L_RL at thetahat on the same rollouts -> thetahat.grad, g2; w.grad = g1 - lam g2;
+    three optimizer steps. All gradients are taken at the iteration's start (simultaneous).
+    """
+    cfg = st.cfg
+    lam = lam_at(st.step, cfg.train.steps, cfg.bridge.lam_schedule, cfg.bridge.lam, cfg.bridge.lam_start)
+    m: Metrics = {"bridge/lam": lam}
+    rb = rl_batch(st, m)
+    batch = sft_batch(st)
+
+    with st.timer("sft_fwd_bwd"):  # pass 1, SFT term: (1 - lam) grad L_SFT(theta, w)
+        m["loss/sft"] = sft_pass(st, batch, scale=1.0 - lam)
+    with st.timer("rl_fwd_bwd"):  # pass 1, RL term: lam grad L_RL(theta, w)
+        m["loss/rl"], logp_old, pm = rl_pass(st, rb, scale=lam)
+    m.update(pm)
+    lora = st.group_params("lora")
+
+    if st.shadow is not None:
+        g1 = [p.grad for p in lora]
+        for p in lora:
+            p.grad = None
+        with st.timer("shadow_fwd_bwd"):  # pass 2: grad L_RL(thetahat, w), ratio against pi_old(theta, w)
+            l_hat, logp_hat, hm = rl_pass(st, rb, params=st.shadow, old_logp=logp_old)
+        g2 = [p.grad for p in lora]
+        for p, g in zip(lora, combine_lora_grads(g1, g2, lam, meta=True)):  # Eq. 8
+            p.grad = g
+        m["loss/rl_shadow"] = l_hat
+        # The cooperative gain on this batch, J_RL(theta, w) - J_RL(thetahat, w) (Eq. 10 bracket).
+        m["bridge/coop_gain"] = l_hat - m["loss/rl"]
+        mask = rb.batch.completion_mask.bool()
+        m["shadow/logp_gap"] = (logp_hat - logp_old)[mask].mean().item() if mask.any() else 0.0
+        m["shadow/clip_ratio/region_mean"] = hm.get("clip_ratio/region_mean", 0.0)
+    optimizer_step(st, ("theta", "lora", "shadow") if st.shadow is not None else ("theta", "lora"), m)
+    return m
+
+
+STEPS: dict[str, Callable[[TrainState], Metrics]] = {
+    "sft": sft_step,
+    "grpo": grpo_step,
+    "cold-start": cold_start_step,
+    "alternate": alternate_step,
+    "mix": mix_step,
+    "chord": chord_step,
+    "luffy": luffy_step,
+    "bridge": bridge_step,
+}

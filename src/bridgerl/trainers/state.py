@@ -1,0 +1,147 @@
+"""Everything a step reads or updates: model, parameter groups, optimizers, data positions."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bridgerl.config import Config
+from bridgerl.models.lora import attach_lora, split_params
+from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, Example, Task, TaskError
+from bridgerl.utils.timers import PhaseTimer
+
+# What each recipe needs beyond the base weights theta.
+USES_LORA = {"bridge"}
+USES_RL = {"grpo", "cold-start", "bridge", "alternate", "mix", "luffy", "chord"}
+USES_SFT = {"sft", "cold-start", "bridge", "alternate", "mix", "chord"}
+NEEDS_RL_SOLUTIONS = {"luffy"}  # the expert trace is injected into the prompt's own group
+
+
+class Sampler:
+    """Seeded epoch shuffles of range(n); (epoch, pos) is saved for exact resume."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        order = list(range(self.n))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._shuffle()
+            out.append(self._order[self.pos])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._shuffle()
+
+
+@dataclass
+class TrainState:
+    cfg: Config
+    task: Task
+    model: nn.Module
+    tokenizer: Any
+    engine: Any
+    theta: dict[str, nn.Parameter]  # full base weights (every trainable non-LoRA parameter)
+    lora: dict[str, nn.Parameter]  # the adapter w (empty when the recipe has none)
+    shadow: dict[str, nn.Parameter] | None  # thetahat: RL-only copy of theta (bridge)
+    ref: dict[str, torch.Tensor] | None  # the starting weights, for the KL penalty
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    rl_examples: list[Example]
+    sft_examples: list[Example]
+    rl_sampler: Sampler | None
+    sft_sampler: Sampler | None
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
+    step: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def group_params(self, group: str) -> list[nn.Parameter]:
+        return list({"theta": self.theta, "lora": self.lora, "shadow": self.shadow or {}}[group].values())
+
+
+def _schedule(cfg: Config, total: int):
+    warm, kind = cfg.optim.warmup_steps, cfg.optim.scheduler
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if kind == "cosine" and total > warm:
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def _optimizer(params: list[nn.Parameter], lr: float, cfg: Config) -> torch.optim.Optimizer:
+    if cfg.optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                             weight_decay=cfg.optim.weight_decay)
+
+
+def check_data(cfg: Config, task: Task) -> None:
+    """Fail before any output is written when the task lacks what the recipe needs."""
+    if cfg.recipe in USES_RL and not task.split(RL_TRAIN):
+        raise TaskError(f"recipe={cfg.recipe} needs RL prompts but task {task.name!r} has an empty rl_train split")
+    if cfg.recipe in USES_SFT and not task.split(SFT_TRAIN):
+        raise TaskError(f"recipe={cfg.recipe} needs expert solutions but task {task.name!r} has an empty sft_train split")
+    if cfg.recipe in NEEDS_RL_SOLUTIONS and any(e.solution is None for e in task.split(RL_TRAIN)):
+        raise TaskError(f"recipe={cfg.recipe} injects an expert solution per RL prompt, but some rl_train "
+                        f"examples of task {task.name!r} have none; use a task whose RL problems carry solutions")
+
+
+def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engine: Any) -> TrainState:
+    check_data(cfg, task)
+    if cfg.recipe in USES_LORA:
+        attach_lora(model, cfg.lora.targets, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
+    model.train()
+    theta, lora = split_params(model)
+    shadow = None
+    if cfg.recipe == "bridge" and cfg.bridge.meta:
+        # Decision 3 (method.md): thetahat is initialised from theta once, then trained by RL only.
+        shadow = {n: nn.Parameter(p.detach().clone()) for n, p in theta.items()}
+    ref = None
+    if cfg.loss.kl_coef > 0:
+        ref = {n: p.detach().clone() for n, p in theta.items()}
+        ref.update({n: torch.zeros_like(p) for n, p in lora.items() if ".lora_B." in n})  # w = 0 at start
+
+    optimizers = {"theta": _optimizer(list(theta.values()), cfg.optim.lr, cfg)}
+    if lora:
+        optimizers["lora"] = _optimizer(list(lora.values()), cfg.optim.lora_lr, cfg)
+    if shadow is not None:
+        shadow_lr = cfg.optim.shadow_lr if cfg.optim.shadow_lr is not None else cfg.optim.lr
+        optimizers["shadow"] = _optimizer(list(shadow.values()), shadow_lr, cfg)
+    factor = _schedule(cfg, cfg.train.steps)
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in optimizers.items()}
+
+    rl, sft = task.split(RL_TRAIN), task.split(SFT_TRAIN)
+    seed = cfg.run.seed
+    return TrainState(
+        cfg=cfg, task=task, model=model, tokenizer=tokenizer, engine=engine,
+        theta=theta, lora=lora, shadow=shadow, ref=ref, optimizers=optimizers, schedulers=schedulers,
+        rl_examples=rl, sft_examples=sft,
+        rl_sampler=Sampler(len(rl), seed) if rl else None,
+        sft_sampler=Sampler(len(sft), seed + 1) if sft else None,
+    )
