@@ -99,6 +99,7 @@ class RolloutConfig:
     max_new_tokens: int = 48
     temperature: float = 1.0
     top_p: float = 1.0
+    reward_noise: float = 0.0  # flip each 0/1 training reward with this probability (robustness study)
     vllm_gpu_memory_utilization: float = 0.3
 
 
@@ -307,6 +308,7 @@ def validate(cfg: Config) -> None:
         (cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
         (cfg.rollout.temperature > 0, "rollout.temperature must be > 0"),
         (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (0 <= cfg.rollout.reward_noise < 0.5, "rollout.reward_noise must be in [0, 0.5)"),
         (0 < cfg.bridge.lam <= 1, "bridge.lam must be in (0, 1]"),
         (0 < cfg.bridge.lam_start <= 1, "bridge.lam_start must be in (0, 1]"),
         (cfg.lora.r >= 1, "lora.r must be >= 1"),

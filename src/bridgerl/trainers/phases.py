@@ -59,7 +59,17 @@ def generate_and_grade(st: TrainState, examples: list[Example], n: int) -> tuple
     rows = [e for e in examples for _ in range(n)]
     with st.timer("grade"):
         rewards = torch.tensor(st.task.grade_batch(rows, rollout.texts), dtype=torch.float32)
+        if st.cfg.rollout.reward_noise > 0:
+            rewards = flip_rewards(rewards, st.cfg.rollout.reward_noise, seed=st.cfg.run.seed * 100_003 + st.step)
     return rollout, rewards, rows
+
+
+def flip_rewards(rewards: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """Flip each 0/1 reward with probability p (the paper's noisy-reward study). Own generator,
+    so the noise does not shift the sampling RNG and every recipe sees the same flips per step."""
+    g = torch.Generator().manual_seed(seed)
+    flip = torch.rand(rewards.shape, generator=g) < p
+    return torch.where(flip, 1.0 - rewards, rewards)
 
 
 def rl_batch(st: TrainState, metrics: dict[str, float]) -> RLBatch:
