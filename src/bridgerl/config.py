@@ -101,6 +101,11 @@ class RolloutConfig:
     top_p: float = 1.0
     reward_noise: float = 0.0  # flip each 0/1 training reward with this probability (robustness study)
     vllm_gpu_memory_utilization: float = 0.3
+    vllm_enable_prefix_caching: bool = True  # the G samples of a prompt share its KV (reset at every sync)
+    vllm_max_model_len: int | None = None  # None = the model's own; smaller leaves more room for the KV cache
+    # HF engine only (HFEngine.from_config): "dynamic" (default) | "static" preallocated KV cache
+    hf_cache_implementation: str = "dynamic"
+    hf_compile: bool = False  # torch.compile the decode forward (needs hf_cache_implementation=static)
 
 
 @dataclass
@@ -247,6 +252,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return [_coerce(v, item_tp, key) for v in value]
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and isinstance(value, bool):
         return value
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
