@@ -37,10 +37,10 @@ def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    path, overrides = _split_config_args(ns.args)
+    cfg = load_config(path, overrides)  # config errors surface before the heavy imports
     from bridgerl.trainers.loop import train
 
-    path, overrides = _split_config_args(ns.args)
-    cfg = load_config(path, overrides)
     summary = train(cfg)
     keys = [k for k in ("initial/eval/accuracy", "eval/accuracy", "initial/eval_hard/accuracy", "eval_hard/accuracy",
                         "shadow/eval/accuracy", "time_s", "peak_rss_mb", "status") if k in summary]

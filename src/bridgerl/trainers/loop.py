@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import nullcontext
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +26,13 @@ from bridgerl.tasks import build_task
 from bridgerl.tasks.base import TEST, TEST_HARD, Task
 from bridgerl.trainers.recipes import STEPS
 from bridgerl.trainers.state import TrainState, build_state
-from bridgerl.utils.logging import MetricLogger
+from bridgerl.utils.distributed import init_distributed
+from bridgerl.utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from bridgerl.utils.logging import MetricLogger, NullLogger
 from bridgerl.utils.memory import peak_cuda_mb, peak_rss_mb
 from bridgerl.utils.seed import seed_everything
 
 console = Console(stderr=True)
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def make_engine(cfg: Config, model: torch.nn.Module, tokenizer: Any) -> Any:
@@ -61,17 +61,19 @@ def prepare_run_dir(cfg: Config) -> Path:
 
 def eval_split(st: TrainState, split: str, *, limit: int | None = None, shadow: bool = False,
                k: int = 1) -> tuple[float, Any]:
+    """Accuracy on a split; each rank evaluates its shard, the numbers are combined exactly."""
     cfg = st.cfg
     examples = st.task.split(split)[:limit] if limit else st.task.split(split)
+    mine = st.dist.shard(examples)
     max_new = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
-    with st.timer("eval"):
-        if shadow:
-            with swapped(st.theta, st.shadow):
-                res = evaluate(st.engine, st.tokenizer, st.task, examples, max_new_tokens=max_new,
-                               batch_size=cfg.eval.batch_size, k=k, temperature=cfg.eval.temperature)
-        else:
-            res = evaluate(st.engine, st.tokenizer, st.task, examples, max_new_tokens=max_new,
-                           batch_size=cfg.eval.batch_size, k=k, temperature=cfg.eval.temperature)
+    with st.timer("eval"), (swapped(st.theta, st.shadow) if shadow else nullcontext()):
+        res = evaluate(st.engine, st.tokenizer, st.task, mine, max_new_tokens=max_new,
+                       batch_size=cfg.eval.batch_size, k=k, temperature=cfg.eval.temperature)
+    if st.dist.world > 1:  # every metric is a mean over problems: weight by shard sizes
+        n = st.dist.sum(len(mine))
+        res.metrics = {key: st.dist.sum(v * len(mine)) / n for key, v in sorted(res.metrics.items())}
+        res.accuracy = res.metrics["accuracy"]
+        res.records = [r for part in st.dist.gather(res.records) for r in part]
     return res.accuracy, res
 
 
@@ -115,29 +117,74 @@ def save_outputs(st: TrainState, run_dir: Path) -> None:
 
 def setup(cfg: Config) -> tuple[TrainState, Task]:
     """Everything that can reject user input, before any file is written."""
-    seed_everything(cfg.run.seed)
+    dist = init_distributed()
+    seed_everything(cfg.run.seed + dist.rank)  # ranks sample different rollouts; rank 0 = one process
     task = build_task(cfg.task)
-    model, tokenizer = load(cfg.model, pick_device())
+    model, tokenizer = load(cfg.model, dist.device)
     engine = make_engine(cfg, model, tokenizer)
-    st = build_state(cfg, task, model, tokenizer, engine)
+    st = build_state(cfg, task, model, tokenizer, engine, dist)
     return st, task
+
+
+def _resume_point(cfg: Config) -> Path | None:
+    if not cfg.resume:
+        return None
+    ckpt = latest_checkpoint(run_dir_for(cfg)) if run_dir_for(cfg).is_dir() else None
+    if ckpt is None:
+        console.print(f"resume=true: no complete checkpoint under {run_dir_for(cfg)}; starting from scratch")
+    return ckpt
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint: the resumed run logs those steps again."""
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
 
 
 def train(cfg: Config) -> dict[str, Any]:
     t_start = time.perf_counter()
     st, _ = setup(cfg)
-    run_dir = prepare_run_dir(cfg)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard)
+    main = st.dist.main
+    ckpt = _resume_point(cfg)
     summary: dict[str, Any] = {"recipe": cfg.recipe, "run": cfg.run.name}
+    if ckpt is not None:
+        run_dir = run_dir_for(cfg)
+        extra = load_checkpoint(st, ckpt)
+        t_start -= extra["time_s"]  # wall time continues from the checkpoint
+        summary.update(extra["initial"])
+        _truncate_metrics(run_dir, st.step)
+        console.print(f"resumed from {ckpt} at step {st.step}")
+    elif main:
+        run_dir = prepare_run_dir(cfg)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    st.dist.barrier()
+    run_dir = run_dir_for(cfg)
+    # Only rank 0 writes files; the other ranks compute their shares and log nothing.
+    logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, append=ckpt is not None) if main else NullLogger()
+    out_dir = run_dir if main else None
     try:
-        summary.update(final_eval(st, run_dir, prefix="initial/"))
-        logger.log(0, {"time_s": time.perf_counter() - t_start, "eval/accuracy": summary.get("initial/eval/accuracy"),
-                       **st.timer.pop()})
-        _loop(st, logger, t_start)
-        summary.update(final_eval(st, run_dir))
-        with st.timer("save"):
-            save_outputs(st, run_dir)
+        if ckpt is None:
+            summary.update(final_eval(st, out_dir, prefix="initial/"))
+            logger.log(0, {"time_s": time.perf_counter() - t_start, "eval/accuracy": summary.get("initial/eval/accuracy"),
+                           **st.timer.pop()})
+        initial = {k: v for k, v in summary.items() if k.startswith("initial/")}
+
+        def checkpoint() -> None:
+            with st.timer("save"):
+                if main:
+                    save_checkpoint(st, run_dir, keep_last=cfg.train.keep_last,
+                                    extra={"time_s": time.perf_counter() - t_start, "initial": initial})
+                st.dist.barrier()
+
+        _loop(st, logger, t_start, checkpoint)
+        summary.update(final_eval(st, out_dir))
+        logger.log(st.step, {k.replace("shadow/eval/", "eval_shadow/"): v for k, v in summary.items()
+                             if k in ("eval/accuracy", "eval_hard/accuracy", "shadow/eval/accuracy")})
+        if main:
+            with st.timer("save"):
+                save_outputs(st, run_dir)
     finally:
         logger.close()
     summary["steps"] = st.step
@@ -146,7 +193,9 @@ def train(cfg: Config) -> dict[str, Any]:
     if (cuda := peak_cuda_mb()) is not None:
         summary["peak_cuda_mb"] = cuda
     summary["status"] = _status(st, summary)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    st.dist.barrier()
     return summary
 
 
@@ -161,13 +210,13 @@ def _status(st: TrainState, summary: dict[str, Any]) -> str:
     return "ok"
 
 
-def _loop(st: TrainState, logger: MetricLogger, t_start: float) -> None:
+def _loop(st: TrainState, logger: MetricLogger, t_start: float, checkpoint: Callable[[], None]) -> None:
     cfg = st.cfg
     step_fn = STEPS[cfg.recipe]
     columns = [TextColumn(f"[bold]{cfg.recipe}[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[info]}")]
-    with Progress(*columns, console=console, disable=not cfg.log.progress) as progress:
-        bar = progress.add_task("train", total=cfg.train.steps, info="")
+    with Progress(*columns, console=console, disable=not (cfg.log.progress and st.dist.main)) as progress:
+        bar = progress.add_task("train", total=cfg.train.steps, completed=st.step, info="")
         for step in range(st.step, cfg.train.steps):
             st.step = step
             t0 = time.perf_counter()
@@ -177,9 +226,12 @@ def _loop(st: TrainState, logger: MetricLogger, t_start: float) -> None:
                 metrics.update(periodic_eval(st))
             metrics.update(st.timer.pop())
             metrics["time_s"] = time.perf_counter() - t_start
+            metrics = st.dist.mean_metrics(metrics)
             st.step = step + 1
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
                 logger.log(step + 1, metrics)
+            if cfg.train.save_every and st.step % cfg.train.save_every == 0 and st.step < cfg.train.steps:
+                checkpoint()
             info = " ".join(f"{k.split('/')[-1]}={metrics[k]:.3f}" for k in ("reward", "loss/sft", "eval/accuracy")
                             if k in metrics)
             progress.update(bar, advance=1, info=info)

@@ -72,10 +72,15 @@ def flip_rewards(rewards: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     return torch.where(flip, 1.0 - rewards, rewards)
 
 
+def rl_prompts(st: TrainState) -> list[Example]:
+    """This rank's share of the step's RL prompts (every rank draws the same indices)."""
+    return [st.rl_examples[i] for i in st.dist.shard(st.rl_sampler.take(st.cfg.rollout.prompts_per_step))]
+
+
 def rl_batch(st: TrainState, metrics: dict[str, float]) -> RLBatch:
     """Sample prompts, roll out G completions each from the current policy, grade, advantages."""
     cfg = st.cfg
-    examples = [st.rl_examples[i] for i in st.rl_sampler.take(cfg.rollout.prompts_per_step)]
+    examples = rl_prompts(st)
     G = cfg.rollout.num_generations
     rollout, rewards, rows = generate_and_grade(st, examples, G)
     metrics.update(rollout_metrics(rollout, rewards, G))
@@ -91,7 +96,7 @@ def rl_batch(st: TrainState, metrics: dict[str, float]) -> RLBatch:
 
 
 def sft_batch(st: TrainState) -> TokenBatch:
-    examples = [st.sft_examples[i] for i in st.sft_sampler.take(st.cfg.train.sft_batch_size)]
+    examples = [st.sft_examples[i] for i in st.dist.shard(st.sft_sampler.take(st.cfg.train.sft_batch_size))]
     prompts = [render_prompt(st.task, e, st.tokenizer) for e in examples]
     return encode_pairs(st.tokenizer, prompts, [e.solution for e in examples], device=st.device)
 
@@ -124,7 +129,10 @@ def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str
     """
     cfg, p = st.cfg, preset(st)
     batch, mb = rb.batch, cfg.train.micro_batch_size
-    num_tokens, num_seqs = float(batch.num_tokens), float(len(batch))
+    # Normalisers count the whole batch over all ranks, so summed gradients equal the full-batch one.
+    num_tokens, num_seqs = st.dist.sum(batch.num_tokens), st.dist.sum(len(batch))
+    if not p["global_norm"]:  # per-micro-batch normalisation (bnpo): ranks' gradients are averaged
+        scale = scale / st.dist.world
     max_len = cfg.rollout.max_new_tokens
     want_entropy = True
     total, logps, sums = 0.0, [], {}
@@ -164,7 +172,7 @@ def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str
 
 def sft_pass(st: TrainState, batch: TokenBatch, *, scale: float = 1.0, phi: bool = False) -> float:
     """Forward + backward of scale * L_SFT (token-mean NLL; CHORD-phi weights when phi)."""
-    num_tokens = float(batch.num_tokens)
+    num_tokens = st.dist.sum(batch.num_tokens)
     total = 0.0
     for chunk in batch.chunks(st.cfg.train.micro_batch_size):
         logp, _ = sequence_logprobs(st.model, chunk)
@@ -180,6 +188,7 @@ def optimizer_step(st: TrainState, groups: tuple[str, ...], metrics: dict[str, f
     with st.timer("optim"):
         for g in groups:
             params = st.group_params(g)
+            st.dist.reduce_grads(params)
             norm = torch.nn.utils.clip_grad_norm_(params, st.cfg.optim.max_grad_norm)
             metrics[f"grad_norm/{g}"] = float(norm)
             st.optimizers[g].step()

@@ -14,8 +14,8 @@ import torch
 from bridgerl.algos import combine_lora_grads, group_advantages, lam_at
 from bridgerl.tasks.base import render_prompt
 from bridgerl.trainers.batch import concat, encode_pairs, from_rollout
-from bridgerl.trainers.phases import (RLBatch, generate_and_grade, optimizer_step, rl_batch, rl_pass, rollout_metrics,
-                                      sft_batch, sft_pass)
+from bridgerl.trainers.phases import (RLBatch, generate_and_grade, optimizer_step, rl_batch, rl_pass, rl_prompts,
+                                      rollout_metrics, sft_batch, sft_pass)
 from bridgerl.trainers.state import TrainState
 
 Metrics = dict[str, float]
@@ -97,7 +97,7 @@ def luffy_step(st: TrainState) -> Metrics:
     group (mean-centred, no std), shaped ratio p/(p+gamma) on the expert tokens."""
     cfg = st.cfg
     G = cfg.rollout.num_generations
-    examples = [st.rl_examples[i] for i in st.rl_sampler.take(cfg.rollout.prompts_per_step)]
+    examples = rl_prompts(st)
     m: Metrics = {}
     rollout, rewards, rows = generate_and_grade(st, examples, G - 1)
     m.update(rollout_metrics(rollout, rewards, G - 1))

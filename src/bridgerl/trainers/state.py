@@ -13,6 +13,7 @@ from torch import nn
 from bridgerl.config import Config
 from bridgerl.models.lora import attach_lora, split_params
 from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, Example, Task, TaskError
+from bridgerl.utils.distributed import Dist
 from bridgerl.utils.timers import PhaseTimer
 
 # What each recipe needs beyond the base weights theta.
@@ -69,6 +70,7 @@ class TrainState:
     sft_examples: list[Example]
     rl_sampler: Sampler | None
     sft_sampler: Sampler | None
+    dist: Dist = field(default_factory=Dist)
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     step: int = 0
 
@@ -112,8 +114,13 @@ def check_data(cfg: Config, task: Task) -> None:
                         f"examples of task {task.name!r} have none; use a task whose RL problems carry solutions")
 
 
-def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engine: Any) -> TrainState:
+def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engine: Any,
+                dist: Dist | None = None) -> TrainState:
     check_data(cfg, task)
+    dist = dist or Dist(device=next(model.parameters()).device)
+    if cfg.rollout.prompts_per_step % dist.world or cfg.train.sft_batch_size % dist.world:
+        raise ValueError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) and train.sft_batch_size "
+                         f"({cfg.train.sft_batch_size}) must be divisible by the number of processes ({dist.world})")
     if cfg.recipe in USES_LORA:
         attach_lora(model, cfg.lora.targets, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     model.train()
@@ -144,4 +151,5 @@ def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engin
         rl_examples=rl, sft_examples=sft,
         rl_sampler=Sampler(len(rl), seed) if rl else None,
         sft_sampler=Sampler(len(sft), seed + 1) if sft else None,
+        dist=dist,
     )

@@ -33,6 +33,16 @@ class MetricLogger:
             self._tb.close()
 
 
+class NullLogger:
+    """What ranks other than 0 log to."""
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         value = value.item()

@@ -1,0 +1,90 @@
+"""Exact resume: a run killed with SIGKILL (also while writing a checkpoint) and resumed with
+resume=true ends with the same metrics and the same final weights as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from bridgerl.models.tiny import build_model, build_tokenizer
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["recipe=bridge", "train.steps=12", "train.save_every=2", "train.keep_last=2", "rollout.prompts_per_step=2",
+          "rollout.num_generations=3", "rollout.max_new_tokens=10", "train.sft_batch_size=4", "eval.every=4",
+          "task.arith.n_test=8", "task.arith.n_test_hard=4", "log.progress=false", "log.tensorboard=false",
+          "lora.r=4"]
+TIME_KEYS = ("time", "step_time")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    tok = build_tokenizer()
+    build_model(tok, seed=3).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _cmd(tmp_path, model_dir, name, *extra):
+    return [sys.executable, "-m", "bridgerl", "train", *COMMON, f"model.name_or_path={model_dir}",
+            f"run.output_dir={tmp_path}", f"run.name={name}", *extra]
+
+
+def _metrics(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(TIME_KEYS)} for r in rows]
+
+
+def _assert_same_run(a, b):
+    assert _metrics(a) == _metrics(b)
+    wa, wb = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] == wb[k]).all(), k
+    sa, sb = json.loads((a / "summary.json").read_text()), json.loads((b / "summary.json").read_text())
+    assert sa["eval/accuracy"] == sb["eval/accuracy"] and sa["steps"] == sb["steps"] == 12
+
+
+def _kill_after_checkpoint(cmd, ckpt_dir, env):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while not (ckpt_dir / "step-2").is_dir():
+        assert proc.poll() is None, "run ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (ckpt_dir.parent / "summary.json").exists(), "the run finished before it was killed"
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, model_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cmd(tmp_path, model_dir, "full"), check=True, env=env, capture_output=True)
+    _kill_after_checkpoint(_cmd(tmp_path, model_dir, "killed"), tmp_path / "killed" / "checkpoints", env)
+    subprocess.run(_cmd(tmp_path, model_dir, "killed", "resume=true"), check=True, env=env, capture_output=True)
+    _assert_same_run(tmp_path / "full", tmp_path / "killed")
+    assert len(list((tmp_path / "killed" / "checkpoints").glob("step-*"))) <= 2  # keep_last
+
+
+def test_checkpoint_killed_mid_write_is_ignored_on_resume(tmp_path, model_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cmd(tmp_path, model_dir, "full"), check=True, env=env, capture_output=True)
+    ckpts = tmp_path / "torn" / "checkpoints"
+    _kill_after_checkpoint(_cmd(tmp_path, model_dir, "torn"), ckpts, env)
+    # What a SIGKILL during save_checkpoint leaves: a temporary folder with truncated files.
+    latest = sorted(ckpts.glob("step-*"), key=lambda p: int(p.name[5:]))[-1]
+    torn = ckpts / f".tmp-step-{int(latest.name[5:]) + 2}-12345"
+    shutil.copytree(latest, torn)
+    (torn / "trainer_state.pt").write_bytes((torn / "trainer_state.pt").read_bytes()[:100])
+    subprocess.run(_cmd(tmp_path, model_dir, "torn", "resume=true"), check=True, env=env, capture_output=True)
+    assert not torn.exists()
+    _assert_same_run(tmp_path / "full", tmp_path / "torn")
