@@ -1,0 +1,532 @@
+"""`bridgerl compare`: the paper's baselines on one task, model, data and budget, over seeds.
+
+    bridgerl compare --recipes base grpo cold-start bridge --seeds 3 --steps 200 [CONFIG.yaml] [key=value ...]
+
+Every run is `trainers.loop.train(cfg)` in this process, one after the other, into
+`<run.output_dir>/compare-<name>/<recipe>-s<seed>/`; a run whose summary.json exists is skipped,
+so an interrupted compare resumes (and a run cut off midway continues from its last checkpoint,
+resume=true, where train.save_every wrote one). Afterwards (and after every finished run) the folder holds
+results.json, report.md (table, time-to-accuracy, the paper's claims as measured here) and plots/.
+
+Choices, stated once:
+- "base" is `train.steps=0`: the starting model's evaluation. Greedy decoding does not depend on
+  the seed, so it runs once (seed 0).
+- The task data seed (task.*.seed) stays fixed; only run.seed varies, so every run sees the same
+  problems and differs in initialisation of the adapter, sampling and batch order.
+- --minutes sets train.max_minutes (wall time from the run's start, setup and evaluations
+  included) and train.steps to 1,000,000 (or --steps, if also given, as a cap). cold-start then
+  switches to RL after as many SFT steps as the same-seed `sft` run finished in the first half of
+  its training time (unless baseline.sft_steps is set).
+- --reward-noise applies to every recipe that samples rewards (all but base and sft).
+- Peak memory is measured per run: the process peak RSS is reset before each run (Linux
+  /proc/self/clear_refs); without that, sequential runs would inherit each other's peaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from bridgerl.config import RECIPES, Config, ConfigError, load_config, to_dict
+from bridgerl.report.plots import Run, group_runs, load_run, order_key, plot_runs, series
+
+console = Console(stderr=True)
+
+DEFAULT_RECIPES = ("base", "sft", "grpo", "cold-start", "alternate", "mix", "luffy", "chord", "bridge")
+NO_REWARD = {"base", "sft"}  # recipes that never sample a reward (reward noise does not apply)
+WALL_CLOCK_STEPS = 1_000_000
+# The paper's Table (Qwen2.5-3B, average over 5 math benchmarks), for orientation only.
+PAPER_AVG = {"base": 14.4, "sft": 27.9, "grpo": 32.2, "cold-start": 32.2, "alternate": 33.4, "mix": 29.4,
+             "chord": 32.5, "bridge": 36.0}
+EPS = 1e-9
+
+
+@dataclass
+class PlannedRun:
+    label: str  # the group: recipe name, or bridge-lam0.3 for a sweep point
+    recipe: str
+    seed: int
+    overrides: list[str] = field(default_factory=list)  # this run's own overrides (after the user's)
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}-s{self.seed}"
+
+
+# -- planning -----------------------------------------------------------------------------------
+
+def plan_runs(ns: argparse.Namespace, base_cfg: Config) -> list[PlannedRun]:
+    recipes = list(dict.fromkeys(ns.recipes or DEFAULT_RECIPES))
+    unknown = [r for r in recipes if r != "base" and r not in RECIPES]
+    if unknown:
+        raise ConfigError(f"unknown recipe(s) {', '.join(unknown)}; choose from: base, {', '.join(RECIPES)}")
+    if ns.seeds < 1:
+        raise ConfigError("--seeds must be >= 1")
+    if ns.minutes is not None and ns.minutes <= 0:
+        raise ConfigError("--minutes must be > 0")
+    if ns.minutes is not None and "cold-start" in recipes and "sft" not in recipes \
+            and base_cfg.baseline.sft_steps is None:
+        raise ConfigError("cold-start under --minutes needs its SFT->RL switch step: add sft to --recipes "
+                          "(cold-start then switches after half of sft's steps) or set baseline.sft_steps=N")
+    recipes.sort(key=lambda r: order_key(r))  # sft before cold-start (wall-clock switch), paper order
+    budget = []
+    if ns.steps is not None:
+        budget.append(f"train.steps={ns.steps}")
+    if ns.minutes is not None:
+        budget += [f"train.max_minutes={ns.minutes}"] + ([] if ns.steps is not None else
+                                                         [f"train.steps={WALL_CLOCK_STEPS}"])
+    noise = [f"rollout.reward_noise={ns.reward_noise}"] if ns.reward_noise is not None else []
+
+    labels: list[tuple[str, str, list[str]]] = []
+    for r in recipes:
+        if r == "base":
+            labels.append(("base", "sft", ["train.steps=0"]))
+        else:
+            labels.append((r, r, budget + ([] if r in NO_REWARD else noise)))
+    for lam in ns.lam_sweep or []:
+        if "bridge" in recipes and abs(lam - base_cfg.bridge.lam) < EPS:
+            console.print(f"lam sweep: lam={lam:g} is the bridge runs' own lam; they serve as that point")
+            continue
+        labels.append((f"bridge-lam{lam:g}", "bridge", budget + noise + [f"bridge.lam={lam}"]))
+
+    plan = []
+    for seed in range(ns.seeds):
+        for label, recipe, extra in labels:
+            if label == "base" and seed > 0:
+                continue
+            plan.append(PlannedRun(label, recipe, seed, [f"recipe={recipe}", *extra]))
+    return plan
+
+
+def run_config(path: str | None, user: list[str], pr: PlannedRun, compare_dir: Path) -> Config:
+    # resume=true only for a folder left by an interrupted run: it continues from a checkpoint if one exists
+    resume = (compare_dir / pr.name).is_dir() and not (compare_dir / pr.name / "summary.json").is_file()
+    return load_config(path, [*user, *pr.overrides, f"run.output_dir={compare_dir}", f"run.name={pr.name}",
+                              f"run.seed={pr.seed}", "run.overwrite=true", f"resume={str(resume).lower()}"])
+
+
+def cold_start_switch(sft_run_dir: Path) -> int:
+    """SFT steps the sft run finished in the first half of its training time (wall-clock budgets)."""
+    rows = [r for r in load_run(sft_run_dir).rows if r.get("time_s") is not None]
+    if len(rows) < 2:
+        return 1
+    t0, t1 = rows[0]["time_s"], rows[-1]["time_s"]
+    return max(1, sum(1 for r in rows[1:] if r["step"] > 0 and r["time_s"] <= (t0 + t1) / 2))
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_mismatch(stored: dict[str, Any], planned: Config) -> list[str]:
+    """Keys (present in both) where a finished run's config.yaml differs from the planned one."""
+    a, b = _flat(stored), _flat(to_dict(planned))
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
+            if a[k] != b[k] and not k.startswith(("log.", "run.overwrite", "resume"))]
+
+
+# -- per-run memory -----------------------------------------------------------------------------
+
+def _reset_peak_memory() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets this process's VmHWM (Linux)
+    except OSError:
+        pass
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _vm_hwm_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+# -- running ------------------------------------------------------------------------------------
+
+class _EtaColumn(ProgressColumn):
+    """Time left, from the per-recipe durations seen so far (counts down during a run)."""
+
+    def render(self, task: Any) -> Text:
+        eta_at = task.fields.get("eta_at")
+        if eta_at is None:
+            return Text("ETA ?", style="progress.remaining")
+        left = max(0.0, eta_at - time.time())
+        return Text(f"ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}",
+                    style="progress.remaining")
+
+
+def _estimate(pr: PlannedRun, durations: dict[str, list[float]], minutes: float | None) -> float | None:
+    if durations.get(pr.label):
+        return float(np.mean(durations[pr.label]))
+    if minutes is not None and pr.label != "base":
+        return 60 * minutes
+    known = [d for ds in durations.values() for d in ds]
+    return float(np.mean(known)) if known else None
+
+
+def run_compare(ns: argparse.Namespace) -> int:
+    from bridgerl.cli import _split_config_args
+    from bridgerl.trainers.loop import train
+
+    path, user = _split_config_args(ns.args or [])
+    base_cfg = load_config(path, user)
+    plan = plan_runs(ns, base_cfg)
+    compare_dir = Path(base_cfg.run.output_dir) / f"compare-{ns.name}"
+    compare_dir.mkdir(parents=True, exist_ok=True)
+    if ns.minutes is not None and (base_cfg.bridge.lam_schedule != "constant" or base_cfg.optim.scheduler != "constant"):
+        console.print("[yellow]--minutes: schedules over train.steps (lam_schedule, optim.scheduler) will not "
+                      "complete, since train.steps is set far beyond what the time allows[/yellow]")
+    settings = {"name": ns.name, "recipes": sorted({p.label for p in plan}, key=order_key), "seeds": ns.seeds,
+                "steps": ns.steps, "minutes": ns.minutes, "reward_noise": ns.reward_noise, "lam_sweep": ns.lam_sweep,
+                "config_file": path, "overrides": user, "task": base_cfg.task.name,
+                "model": base_cfg.model.name_or_path, "machine": f"{platform.machine()} {platform.processor()}".strip(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    records: list[dict[str, Any]] = []
+    durations: dict[str, list[float]] = {}
+    t_all = time.perf_counter()
+    columns = [TextColumn("[bold cyan]compare[/bold cyan] {task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), _EtaColumn()]
+    with Progress(*columns, console=console, disable=not base_cfg.log.progress) as progress:
+        bar = progress.add_task("", total=len(plan))
+        for i, pr in enumerate(plan):
+            run_dir = compare_dir / pr.name
+            if pr.recipe == "cold-start" and ns.minutes is not None and base_cfg.baseline.sft_steps is None:
+                pr.overrides.append(f"baseline.sft_steps={cold_start_switch(compare_dir / f'sft-s{pr.seed}')}")
+            cfg = run_config(path, user, pr, compare_dir)
+            record = {"label": pr.label, "recipe": pr.recipe, "seed": pr.seed, "run_dir": pr.name,
+                      "overrides": [*user, *pr.overrides, f"run.seed={pr.seed}"]}
+            sidecar = run_dir / "compare.json"  # what compare measured itself (per-run peak memory)
+            if (run_dir / "summary.json").is_file():
+                stored = load_run(run_dir).config
+                if diff := config_mismatch(stored, cfg):
+                    raise ConfigError(f"{run_dir} holds a finished run with other settings ({'; '.join(diff[:3])}); "
+                                      f"use another --name or delete that folder")
+                progress.console.print(f"[{i + 1}/{len(plan)}] skipping {pr.name}: {run_dir}/summary.json exists "
+                                       "(resuming)")
+                record["skipped"] = True
+            else:
+                remaining = [_estimate(p, durations, ns.minutes) for p in plan[i:]]
+                eta = time.time() + sum(remaining) if all(r is not None for r in remaining) else None
+                progress.update(bar, description=f"{pr.label} seed {pr.seed} ({i + 1}/{len(plan)})", eta_at=eta)
+                _reset_peak_memory()
+                train(cfg)
+                sidecar.write_text(json.dumps({"peak_rss_mb_run": _vm_hwm_mb()}))
+                record["skipped"] = False
+            record["summary"] = json.loads((run_dir / "summary.json").read_text())
+            if sidecar.is_file():
+                record.update(json.loads(sidecar.read_text()))
+            durations.setdefault(pr.label, []).append(record["summary"].get("time_s", 0.0))
+            records.append(record)
+            progress.update(bar, advance=1)
+            write_outputs(compare_dir, settings, records, plots=False)
+    settings["compare_time_s"] = time.perf_counter() - t_all
+    report = write_outputs(compare_dir, settings, records)
+    console.print(f"compare finished: {report}")
+    return 0
+
+
+# -- measures -----------------------------------------------------------------------------------
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1; None with fewer than 2 values)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+
+
+def time_to_reach(times: np.ndarray, accs: np.ndarray, target: float) -> float | None:
+    """The first evaluation time at which accuracy >= target; None if it never does."""
+    hits = np.flatnonzero(np.asarray(accs) >= target - EPS)
+    return float(np.asarray(times)[hits[0]]) if len(hits) else None
+
+
+def switch_step(run: Run) -> int | None:
+    """cold-start's SFT->RL switch: the last logged step that was an SFT step (phase_sft=1)."""
+    sft = [r["step"] for r in run.rows if r.get("phase_sft") == 1.0]
+    if sft and any(r.get("phase_sft") == 0.0 for r in run.rows):
+        return max(sft)
+    return None
+
+
+def stage_dip(steps: np.ndarray, accs: np.ndarray, switch: int) -> dict[str, float] | None:
+    """Accuracy at the last evaluation at or before the switch, at the first one after it and the
+    lowest one after it; drops are before - after (positive = accuracy fell)."""
+    steps, accs = np.asarray(steps), np.asarray(accs)
+    before, after = accs[steps <= switch], accs[steps > switch]
+    if not len(before) or not len(after):
+        return None
+    lowest = int(np.argmin(after))
+    recovered = np.flatnonzero(after[lowest:] >= before[-1] - EPS)
+    return {"before": float(before[-1]), "first_after": float(after[0]), "min_after": float(after[lowest]),
+            "first_after_step": float(steps[steps > switch][0]),
+            "drop_first": float(before[-1] - after[0]), "drop_max": float(before[-1] - after[lowest]),
+            "recovered_step": float(steps[steps > switch][lowest + recovered[0]]) if len(recovered) else None}
+
+
+def largest_drop(accs: np.ndarray) -> float:
+    """The largest fall between consecutive evaluations (0 for a non-decreasing curve)."""
+    return float(max(0.0, np.max(-np.diff(accs)))) if len(accs) > 1 else 0.0
+
+
+def _runs(compare_dir: Path, records: list[dict[str, Any]]) -> dict[str, list[Run]]:
+    return group_runs([compare_dir / r["run_dir"] for r in records])
+
+
+def summarize(records: list[dict[str, Any]], runs: dict[str, list[Run]] | None = None) -> list[dict[str, Any]]:
+    """One table row per group: mean / std over seeds of the summaries; time to reach cold-start's
+    mean final test accuracy from the curves (when cold-start ran and `runs` are given)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(r["label"], []).append(r)
+    cold = [r["summary"].get("eval/accuracy") for r in groups.get("cold-start", [])]
+    target = mean_std(cold)[0]
+    rows = []
+    for label in sorted(groups, key=order_key):
+        rs = groups[label]
+        s = [r["summary"] for r in rs]
+        row = {"label": label, "recipe": rs[0]["recipe"], "n": len(rs),
+               "test": mean_std([x.get("eval/accuracy") for x in s]),
+               "hard": mean_std([x.get("eval_hard/accuracy") for x in s]),
+               "start": mean_std([x.get("initial/eval/accuracy") for x in s]),
+               "steps": mean_std([x.get("steps") for x in s]), "time_s": mean_std([x.get("time_s") for x in s]),
+               "mem_mb": mean_std([r.get("peak_rss_mb_run") or r["summary"].get("peak_rss_mb") for r in rs]),
+               "cuda_mb": mean_std([x.get("peak_cuda_mb") for x in s]),
+               "failed": [r["run_dir"] for r in rs if r["summary"].get("status", "ok") != "ok"],
+               "target": target, "reach": None}
+        if target is not None and runs is not None and label in runs:
+            row["reach"] = [time_to_reach(*series(run, "eval/accuracy", "time_s"), target) for run in runs[label]]
+        rows.append(row)
+    return rows
+
+
+# -- report -------------------------------------------------------------------------------------
+
+def pct(ms: tuple[float | None, float | None]) -> str:
+    mean, std = ms
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def num(ms: tuple[float | None, float | None], fmt: str = ".0f") -> str:
+    mean, std = ms
+    if mean is None:
+        return "–"
+    return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if std is not None and std > 0 else "")
+
+
+def reach_text(reach: list[float | None] | None) -> str:
+    if reach is None:
+        return "–"
+    hits = [t for t in reach if t is not None]
+    if not hits:
+        return f"never (0/{len(reach)})"
+    return f"{np.mean(hits):.0f} s ({len(hits)}/{len(reach)})"
+
+
+def versus(a_name: str, a: list[float], b_name: str, b: list[float]) -> str:
+    """Neutral comparison of two groups' per-seed accuracies (fractions)."""
+    a, b = [v for v in a if v is not None], [v for v in b if v is not None]
+    if not a or not b:
+        return f"{a_name} or {b_name} did not run: no comparison."
+    d = 100 * (np.mean(a) - np.mean(b))
+    head = f"{a_name} {pct(mean_std(a))} vs {b_name} {pct(mean_std(b))} (difference of means {d:+.1f} points)"
+    if len(a) < 2 or len(b) < 2:
+        return f"{head}; one seed on at least one side, so there is no seed spread: this alone cannot separate " \
+               "the two from seed noise."
+    se = 100 * np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
+    if min(a) > max(b):
+        return f"{head}; {a_name} is above {b_name} in every seed: consistent with the paper's direction."
+    if max(a) < min(b):
+        return f"{head}; {a_name} is below {b_name} in every seed: the paper's direction is not reproduced here."
+    return f"{head}; the seed ranges overlap (standard error of the difference {se:.1f} points): " \
+           f"not distinguishable with {min(len(a), len(b))} seeds."
+
+
+def _acc(records: list[dict[str, Any]], label: str, key: str = "eval/accuracy") -> list[float]:
+    return [r["summary"].get(key) for r in records if r["label"] == label]
+
+
+def claims(records: list[dict[str, Any]], rows: list[dict[str, Any]], runs: dict[str, list[Run]],
+           settings: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """(claim, what the paper reports, what was measured here) for each claim that this compare can test."""
+    out = []
+    measured = []
+    for split, key in (("test", "eval/accuracy"), ("hard split", "eval_hard/accuracy")):
+        for other in ("cold-start", "grpo"):
+            measured.append(f"{split}: " + versus("bridge", _acc(records, "bridge", key), other,
+                                                  _acc(records, other, key)))
+    out.append(("Final accuracy: bridge above cold-start and above RL-zero (grpo)",
+                "Qwen2.5-3B, average of 5 benchmarks: bridge 36.0, cold-start 32.2, rl-zero 32.2.", measured))
+
+    by = {r["label"]: r for r in rows}
+    measured = []
+    if "cold-start" in by and by["cold-start"]["target"] is not None:
+        measured.append(f"target = cold-start's mean final test accuracy, {100 * by['cold-start']['target']:.1f}%; "
+                        "time = wall-clock from the run's start (setup and evaluations included) to the first "
+                        "evaluation at or above it; (k/n) = seeds that reached it.")
+        for label in ("cold-start", "bridge", "grpo"):
+            if label in by:
+                measured.append(f"{label}: {reach_text(by[label]['reach'])}; its runs ended at "
+                                f"{num(by[label]['time_s'])} s.")
+        cs, br = by["cold-start"]["reach"] or [], (by.get("bridge") or {}).get("reach") or []
+        cs_hits, br_hits = [t for t in cs if t is not None], [t for t in br if t is not None]
+        if cs_hits and br_hits:
+            ratio = np.mean(br_hits) / np.mean(cs_hits)
+            measured.append(f"bridge's mean time to the target is {ratio:.2f}x cold-start's "
+                            f"({'less' if ratio < 1 else 'more'} time; the paper reports 0.56x).")
+        start = by["cold-start"]["start"][0]
+        if start is not None and by["cold-start"]["target"] <= start + EPS:
+            measured.append("the starting model already scores at or above the target, so these times measure "
+                            "setup and the first evaluation, not learning.")
+        measured.append(f"budget: {_budget(settings)}; on equal steps the recipes' step costs differ, so their "
+                        "wall times differ.")
+    else:
+        measured.append("cold-start did not run: no target.")
+    out.append(("Time to reach cold-start's accuracy",
+                "Qwen2.5-3B: bridge trains in 6.9 h against cold-start's 12.3 h (44% less) and ends more accurate "
+                "(36.4 vs 32.2).", measured))
+
+    measured = []
+    dips = []
+    for run in runs.get("cold-start", []):
+        sw = switch_step(run)
+        d = stage_dip(*series(run, "eval/accuracy", "step"), sw) if sw is not None else None
+        if d is None:
+            measured.append(f"{run.path.name}: no evaluation on both sides of the switch (switch step {sw}).")
+            continue
+        dips.append(d)
+        if d["drop_max"] <= EPS:
+            rec = "no evaluation after the switch is below the pre-switch level"
+        elif d["recovered_step"] is not None:
+            rec = f"back to the pre-switch level at step {d['recovered_step']:.0f}"
+        else:
+            rec = "not back to the pre-switch level by the end"
+        measured.append(f"{run.path.name}: switch after step {sw}; accuracy {100 * d['before']:.1f}% before, "
+                        f"{100 * d['first_after']:.1f}% at the first evaluation after (step "
+                        f"{d['first_after_step']:.0f}), lowest after {100 * d['min_after']:.1f}%; {rec}.")
+    if dips:
+        measured.append(f"drop at the first evaluation after the switch (positive = fell): "
+                        f"{pct(mean_std([d['drop_first'] for d in dips]))} points; largest drop after it: "
+                        f"{pct(mean_std([d['drop_max'] for d in dips]))} points (mean ± std over seeds).")
+    for label in ("bridge", "grpo"):
+        drops = [largest_drop(series(r, "eval/accuracy", "step")[1]) for r in runs.get(label, [])]
+        if drops:
+            measured.append(f"for contrast, {label}'s largest fall between consecutive evaluations: "
+                            f"{pct(mean_std(drops))} points.")
+    if not measured:
+        measured.append("cold-start did not run.")
+    out.append(("cold-start dips after the SFT->RL switch; bridge does not",
+                "average of 5 benchmarks over epochs 1/3/6: cold-start 33.4 / 28.5 / 32.2, "
+                "bridge 32.3 / 33.3 / 36.4.", measured))
+
+    if settings.get("reward_noise"):
+        p = settings["reward_noise"]
+        out.append((f"Robustness to flipped rewards (p = {p})",
+                    "20% of rewards flipped: bridge 32.9 vs RL 13.9.",
+                    ["test: " + versus("bridge", _acc(records, "bridge"), "grpo", _acc(records, "grpo")),
+                     "hard split: " + versus("bridge", _acc(records, "bridge", "eval_hard/accuracy"), "grpo",
+                                             _acc(records, "grpo", "eval_hard/accuracy"))]))
+    if settings.get("lam_sweep"):
+        points = {r["label"]: r for r in rows if r["label"].startswith("bridge-lam") or r["label"] == "bridge"}
+        means = [r["test"][0] for r in points.values() if r["test"][0] is not None]
+        stds = [r["test"][1] for r in points.values() if r["test"][1] is not None]
+        measured = [f"{label}: {pct(r['test'])}" for label, r in points.items()]
+        if len(means) > 1:
+            spread = 100 * (max(means) - min(means))
+            line = f"the mean test accuracy spans {spread:.1f} points across lam"
+            if stds:
+                pooled = 100 * float(np.sqrt(np.mean(np.square(stds))))
+                line += (f"; the pooled seed std within one lam is {pooled:.1f} points, so the spread across lam is "
+                         f"{'within' if spread <= 2 * pooled else 'larger than'} about two seed standard deviations")
+            else:
+                line += "; one seed per lam, so there is no seed spread to compare it with"
+            measured.append(line + ".")
+        out.append(("lam robustness", "accuracy robust for lam in 0.3 to 0.7 (lam = 0.5 by default).", measured))
+    return out
+
+
+def _budget(settings: dict[str, Any]) -> str:
+    parts = []
+    if settings.get("steps") is not None:
+        parts.append(f"{settings['steps']} optimizer steps per run")
+    if settings.get("minutes") is not None:
+        parts.append(f"{settings['minutes']:g} minutes of wall-clock per run")
+    return " and ".join(parts) or "the config's train.steps"
+
+
+def render_report(settings: dict[str, Any], records: list[dict[str, Any]], rows: list[dict[str, Any]],
+                  claim_list: list[tuple[str, str, list[str]]], plot_files: list[Path]) -> str:
+    cuda = any(r["cuda_mb"][0] is not None for r in rows)
+    lines = [f"# bridgerl compare: {settings['name']}", "",
+             f"- recipes: {', '.join(settings['recipes'])}; seeds: {settings['seeds']} (run.seed 0..{settings['seeds'] - 1}; "
+             "task data fixed; base evaluated once)",
+             f"- budget: {_budget(settings)}; task: {settings['task']}; model: {settings['model']}",
+             f"- reward noise: {settings.get('reward_noise') or 0}; lam sweep: {settings.get('lam_sweep') or 'none'}",
+             f"- overrides: {' '.join(settings['overrides']) or 'none'}"
+             + (f"; config file: {settings['config_file']}" if settings.get("config_file") else ""),
+             f"- machine: {settings['machine']}; started {settings['started']}"
+             + (f"; this invocation took {settings['compare_time_s'] / 60:.1f} min" if "compare_time_s" in settings else ""),
+             f"- runs finished: {len(records)}", "",
+             "## Results", "",
+             "Accuracy is greedy pass@1 in percent, mean ± sample std over seeds (no ± with one seed). "
+             "'reach' is the wall-clock to the first evaluation at or above cold-start's mean final test "
+             "accuracy (seeds that reached it). The paper column is Qwen2.5-3B's 5-benchmark average: "
+             "another model and other benchmarks, for the order only.", "",
+             f"| recipe | seeds | test acc | hard acc | start test acc | steps | wall time (s) | "
+             f"peak {'GPU' if cuda else 'RSS'} (MB) | reach cold-start acc | paper avg |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        flag = f" ({len(r['failed'])} failed: {', '.join(r['failed'])})" if r["failed"] else ""
+        paper = PAPER_AVG.get(r["label"])
+        lines.append(f"| {r['label']}{flag} | {r['n']} | {pct(r['test'])} | {pct(r['hard'])} | {pct(r['start'])} | "
+                     f"{num(r['steps'])} | {num(r['time_s'])} | {num(r['cuda_mb'] if cuda else r['mem_mb'])} | "
+                     f"{reach_text(r['reach'])} | {paper if paper is not None else '–'} |")
+    lines += ["", "## The paper's claims, as measured here", "",
+              "Each claim states what the paper reports (other models, other scale) and what this compare measured. "
+              "A difference counts as consistent with the paper only when it holds in every seed.", ""]
+    for i, (claim, paper, measured) in enumerate(claim_list, 1):
+        lines += [f"### {i}. {claim}", "", f"Paper: {paper}", "", "Measured:", ""]
+        lines += [f"- {m}" for m in measured] + [""]
+    if plot_files:
+        lines += ["## Curves", ""]
+        lines += [f"![{p.stem}](plots/{p.name})" for p in plot_files] + [""]
+    return "\n".join(lines)
+
+
+def write_outputs(compare_dir: Path, settings: dict[str, Any], records: list[dict[str, Any]],
+                  plots: bool = True) -> Path:
+    """results.json, report.md and (with plots=True) plots/*.png; returns report.md's path."""
+    compare_dir = Path(compare_dir)
+    runs = _runs(compare_dir, records)
+    rows = summarize(records, runs)
+    claim_list = claims(records, rows, runs, settings)
+    plot_files = plot_runs([compare_dir / r["run_dir"] for r in records], compare_dir / "plots") if plots else \
+        sorted((compare_dir / "plots").glob("*.png"))
+    results = {"settings": settings, "runs": records, "table": rows,
+               "claims": [{"claim": c, "paper": p, "measured": m} for c, p, m in claim_list]}
+    (compare_dir / "results.json").write_text(json.dumps(results, indent=2))
+    report = compare_dir / "report.md"
+    report.write_text(render_report(settings, records, rows, claim_list, plot_files))
+    return report

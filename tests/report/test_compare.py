@@ -1,0 +1,248 @@
+"""compare: run planning, time-to-accuracy, the cold-start dip, the table numbers and the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bridgerl.config import ConfigError, load_config
+from bridgerl.report.compare import (config_mismatch, largest_drop, mean_std, pct, plan_runs, stage_dip, summarize,
+                                     switch_step, time_to_reach, versus, write_outputs)
+from bridgerl.report.plots import load_run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def ns(**kw) -> argparse.Namespace:
+    base = dict(recipes=None, seeds=1, steps=None, minutes=None, name="t", reward_noise=None, lam_sweep=None, args=[])
+    return argparse.Namespace(**{**base, **kw})
+
+
+def write_run(root: Path, name: str, recipe: str, evals: dict[int, float], final: float, *, steps: int = 4,
+              dt: float = 1.0, sft_steps: int = 0, hard: float | None = None) -> Path:
+    """A run directory as train() leaves it; rows 1..sft_steps are SFT steps (phase_sft=1)."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump({"recipe": recipe}))
+    rows = [{"step": 0, "time_s": 1.0, "eval/accuracy": evals.get(0)}]
+    for s in range(1, steps + 1):
+        row = {"step": s, "time_s": 1.0 + dt * s, "phase_sft": 1.0 if s <= sft_steps else 0.0}
+        if s in evals and s < steps:
+            row["eval/accuracy"] = evals[s]
+        rows.append(row)
+    rows.append({"step": steps, "eval/accuracy": final})  # train() logs the final evaluation without time_s
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"eval/accuracy": final, "eval_hard/accuracy": final / 2 if hard is None else hard,
+               "initial/eval/accuracy": evals.get(0), "steps": steps, "time_s": 2.0 + dt * steps,
+               "peak_rss_mb": 500.0, "status": "ok"}
+    (d / "summary.json").write_text(json.dumps(summary))
+    return d
+
+
+def record(run_dir: Path, label: str, recipe: str, seed: int) -> dict:
+    return {"label": label, "recipe": recipe, "seed": seed, "run_dir": run_dir.name, "overrides": [],
+            "summary": json.loads((run_dir / "summary.json").read_text()), "peak_rss_mb_run": 100.0 + seed}
+
+
+# -- measures on hand-made curves -----------------------------------------------------------------
+
+def test_time_to_reach_is_the_first_evaluation_at_or_above_the_target() -> None:
+    t, acc = np.array([0.0, 10.0, 20.0, 30.0]), np.array([0.1, 0.3, 0.5, 0.4])
+    assert time_to_reach(t, acc, 0.45) == 20.0
+    assert time_to_reach(t, acc, 0.3) == 10.0  # reaching the target exactly counts
+    assert time_to_reach(t, acc, 0.6) is None
+    assert time_to_reach(t, acc, 0.0) == 0.0
+
+
+def test_dip_is_measured_from_the_last_evaluation_before_the_switch() -> None:
+    steps, acc = np.array([0, 25, 50, 75, 100, 125]), np.array([0.1, 0.3, 0.4, 0.25, 0.2, 0.45])
+    d = stage_dip(steps, acc, 50)
+    assert d["before"] == 0.4 and d["first_after"] == 0.25 and d["first_after_step"] == 75
+    assert d["drop_first"] == pytest.approx(0.15) and d["drop_max"] == pytest.approx(0.2)
+    assert d["recovered_step"] == 125
+    d = stage_dip(steps, acc, 60)  # the switch between evaluations: before = the step-50 evaluation
+    assert d["before"] == 0.4 and d["first_after_step"] == 75
+    assert stage_dip(np.array([0, 25, 50]), np.array([0.1, 0.2, 0.3]), 50) is None  # nothing after
+    rising = stage_dip(np.array([0, 50, 100]), np.array([0.1, 0.3, 0.5]), 50)
+    assert rising["drop_first"] == pytest.approx(-0.2)  # negative = no dip
+    assert stage_dip(steps, np.array([0.1, 0.3, 0.4, 0.25, 0.2, 0.3]), 50)["recovered_step"] is None
+
+
+def test_largest_drop_between_consecutive_evaluations() -> None:
+    assert largest_drop(np.array([0.1, 0.3, 0.2, 0.5, 0.35])) == pytest.approx(0.15)
+    assert largest_drop(np.array([0.1, 0.2, 0.3])) == 0.0
+    assert largest_drop(np.array([0.4])) == 0.0
+
+
+def test_switch_step_is_the_last_sft_step_logged(tmp_path: Path) -> None:
+    cold = load_run(write_run(tmp_path, "cold-start-s0", "cold-start", {0: 0.1}, 0.2, steps=6, sft_steps=3))
+    assert switch_step(cold) == 3
+    sft = load_run(write_run(tmp_path, "sft-s0", "sft", {0: 0.1}, 0.2, steps=4, sft_steps=4))
+    assert switch_step(sft) is None  # never switched
+
+
+# -- table numbers ------------------------------------------------------------------------------
+
+def test_table_is_mean_and_sample_std_over_seeds(tmp_path: Path) -> None:
+    recs = [record(write_run(tmp_path, f"grpo-s{i}", "grpo", {0: 0.1}, acc, dt=1.0 + i), "grpo", "grpo", i)
+            for i, acc in enumerate([0.2, 0.4, 0.6])]
+    recs.append(record(write_run(tmp_path, "base-s0", "sft", {0: 0.1}, 0.1, steps=0), "base", "sft", 0))
+    rows = {r["label"]: r for r in summarize(recs)}
+    assert list(rows) == ["base", "grpo"]
+    g = rows["grpo"]
+    assert g["n"] == 3
+    assert g["test"][0] == pytest.approx(0.4) and g["test"][1] == pytest.approx(0.2)  # ddof=1
+    assert g["hard"][0] == pytest.approx(0.2) and g["hard"][1] == pytest.approx(0.1)
+    assert g["time_s"][0] == pytest.approx(2.0 + 4 * 2.0)  # dt 1, 2, 3 -> time 6, 10, 14
+    assert g["mem_mb"][0] == pytest.approx(101.0)  # the per-run peak, not the process-cumulative one
+    assert rows["base"]["test"] == (pytest.approx(0.1), None)  # one value: no std
+    assert pct(g["test"]) == "40.0 ± 20.0" and pct(rows["base"]["test"]) == "10.0"
+    assert mean_std([]) == (None, None)
+
+
+def test_time_to_cold_start_accuracy_per_recipe(tmp_path: Path) -> None:
+    from bridgerl.report.plots import group_runs
+
+    dirs = [write_run(tmp_path, "cold-start-s0", "cold-start", {0: 0.1, 2: 0.2}, 0.3, dt=2.0, sft_steps=2),
+            write_run(tmp_path, "cold-start-s1", "cold-start", {0: 0.1, 2: 0.2}, 0.5, dt=2.0, sft_steps=2),
+            write_run(tmp_path, "bridge-s0", "bridge", {0: 0.1, 2: 0.45}, 0.5),
+            write_run(tmp_path, "grpo-s0", "grpo", {0: 0.1, 2: 0.2}, 0.3)]
+    recs = [record(d, d.name.rsplit("-s", 1)[0], d.name.rsplit("-s", 1)[0], 0) for d in dirs]
+    rows = {r["label"]: r for r in summarize(recs, group_runs(dirs))}
+    assert rows["bridge"]["target"] == pytest.approx(0.4)
+    assert rows["bridge"]["reach"] == [3.0]  # step 2 at 1 + 1*2 s
+    assert rows["cold-start"]["reach"] == [None, 9.0]  # seed 1's final point: the last logged time 1 + 2*4
+    assert rows["grpo"]["reach"] == [None]
+
+
+# -- neutral wording --------------------------------------------------------------------------------
+
+def test_versus_never_claims_what_the_seeds_do_not_show() -> None:
+    assert "consistent with the paper's direction" in versus("bridge", [0.5, 0.6], "grpo", [0.3, 0.4])
+    assert "not reproduced" in versus("bridge", [0.1, 0.2], "grpo", [0.3, 0.4])
+    overlap = versus("bridge", [0.3, 0.6], "grpo", [0.35, 0.4])
+    assert "overlap" in overlap and "consistent" not in overlap
+    single = versus("bridge", [0.9], "grpo", [0.1])
+    assert "cannot separate" in single and "consistent" not in single
+    assert "did not run" in versus("bridge", [0.5], "grpo", [])
+
+
+# -- planning -----------------------------------------------------------------------------------
+
+def test_default_plan_runs_the_paper_baselines_and_base_once() -> None:
+    plan = plan_runs(ns(seeds=2, steps=3), load_config())
+    names = [p.name for p in plan]
+    assert names[:9] == ["base-s0", "sft-s0", "grpo-s0", "cold-start-s0", "alternate-s0", "mix-s0", "luffy-s0",
+                         "chord-s0", "bridge-s0"]
+    assert "base-s1" not in names and "bridge-s1" in names and len(plan) == 17
+    base = plan[0]
+    assert "train.steps=0" in base.overrides and "train.steps=3" not in base.overrides
+    assert "train.steps=3" in plan[2].overrides
+
+
+def test_reward_noise_and_lam_sweep_only_where_they_apply() -> None:
+    plan = plan_runs(ns(recipes=["bridge", "sft", "grpo"], reward_noise=0.2, lam_sweep=[0.3, 0.5, 0.7]),
+                     load_config())
+    by = {p.name: p for p in plan}
+    assert list(by) == ["sft-s0", "grpo-s0", "bridge-s0", "bridge-lam0.3-s0", "bridge-lam0.7-s0"]  # 0.5 = bridge
+    assert not any("reward_noise" in o for o in by["sft-s0"].overrides)
+    assert "rollout.reward_noise=0.2" in by["grpo-s0"].overrides
+    assert {"recipe=bridge", "bridge.lam=0.3", "rollout.reward_noise=0.2"} <= set(by["bridge-lam0.3-s0"].overrides)
+
+
+def test_wall_clock_budget_sets_max_minutes_and_many_steps() -> None:
+    plan = plan_runs(ns(recipes=["grpo", "sft", "cold-start"], minutes=2.0), load_config())
+    assert [p.label for p in plan] == ["sft", "grpo", "cold-start"]  # sft first: cold-start's switch uses it
+    assert {"train.max_minutes=2.0", "train.steps=1000000"} <= set(plan[1].overrides)
+    with pytest.raises(ConfigError, match="baseline.sft_steps"):
+        plan_runs(ns(recipes=["cold-start"], minutes=2.0), load_config())
+    assert plan_runs(ns(recipes=["cold-start"], minutes=2.0), load_config(None, ["baseline.sft_steps=5"]))
+
+
+def test_unknown_recipe_is_a_user_error() -> None:
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        plan_runs(ns(recipes=["ppo"]), load_config())
+
+
+def test_a_finished_run_with_other_settings_is_detected() -> None:
+    cfg = load_config(None, ["train.steps=5"])
+    stored = yaml.safe_load(yaml.safe_dump({"train": {"steps": 2}, "log": {"progress": False}, "newer": 1}))
+    assert config_mismatch(stored, cfg) == ["train.steps: 2 -> 5"]
+
+
+# -- the written report -----------------------------------------------------------------------------
+
+def test_report_from_synthetic_runs(tmp_path: Path) -> None:
+    dirs = {("base", 0): write_run(tmp_path, "base-s0", "sft", {0: 0.1}, 0.1, steps=0)}
+    for seed in (0, 1):
+        dirs[("cold-start", seed)] = write_run(tmp_path, f"cold-start-s{seed}", "cold-start",
+                                               {0: 0.1, 2: 0.4, 3: 0.2}, 0.3 + 0.1 * seed, sft_steps=2)
+        dirs[("bridge", seed)] = write_run(tmp_path, f"bridge-s{seed}", "bridge", {0: 0.1, 2: 0.3}, 0.5 + 0.1 * seed)
+        dirs[("grpo", seed)] = write_run(tmp_path, f"grpo-s{seed}", "grpo", {0: 0.1, 2: 0.2}, 0.2 + 0.1 * seed)
+    recs = [record(d, label, label if label != "base" else "sft", seed) for (label, seed), d in dirs.items()]
+    settings = {"name": "t", "recipes": ["base", "grpo", "cold-start", "bridge"], "seeds": 2, "steps": 4,
+                "minutes": None, "reward_noise": None, "lam_sweep": None, "config_file": None, "overrides": [],
+                "task": "arith", "model": "embedded", "machine": "x86_64", "started": "now"}
+    report = write_outputs(tmp_path, settings, recs)
+    text = report.read_text()
+    assert "| bridge | 2 | 55.0 ± 7.1 | 27.5 ± 3.5 | 10.0 ± 0.0 | 4 | 6 | 100 ± 1 | 5 s (2/2) | 36.0 |" in text
+    assert "| base | 1 | 10.0 | 5.0 |" in text
+    assert "bridge is above cold-start in every seed: consistent with the paper's direction" in text
+    assert "switch after step 2; accuracy 40.0% before, 20.0% at the first evaluation after (step 3)" in text
+    assert "target = cold-start's mean final test accuracy, 35.0%" in text
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["runs"]) == 7 and results["table"][-1]["label"] == "bridge"
+    pngs = sorted((tmp_path / "plots").glob("*.png"))
+    assert [p.name for p in pngs] == ["accuracy_vs_step.png", "accuracy_vs_time.png"]  # no reward metrics logged
+    assert all(p.read_bytes()[:8] == PNG_SIGNATURE for p in pngs)
+    assert "![accuracy_vs_step](plots/accuracy_vs_step.png)" in text
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+TINY = ["task.arith.n_test=16", "task.arith.n_test_hard=16", "task.arith.n_rl_train=32", "task.arith.n_sft_train=32",
+        "rollout.prompts_per_step=2", "rollout.num_generations=2", "rollout.max_new_tokens=16",
+        "train.sft_batch_size=4", "eval.every=1", "log.tensorboard=false", "log.progress=false"]
+
+
+def _model(tmp_path: Path) -> str:
+    """The embedded testbed model; a fresh random tiny Llama while the asset is being rebuilt."""
+    from bridgerl.models.loading import embedded_path
+    from bridgerl.models.tiny import build_model, build_tokenizer
+
+    if (embedded_path() / "config.json").is_file():
+        return "embedded"
+    tok = build_tokenizer()
+    build_model(tok).save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    return str(tmp_path / "tiny")
+
+
+@pytest.mark.slow
+def test_compare_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bridgerl.cli import main
+
+    argv = ["compare", "--recipes", "base", "grpo", "--seeds", "1", "--steps", "2", "--name", "e2e",
+            *TINY, f"model.name_or_path={_model(tmp_path)}", f"run.output_dir={tmp_path}"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    out = tmp_path / "compare-e2e"
+    results = json.loads((out / "results.json").read_text())
+    assert [r["run_dir"] for r in results["runs"]] == ["base-s0", "grpo-s0"]
+    assert results["runs"][1]["summary"]["steps"] == 2
+    assert results["runs"][0]["summary"]["steps"] == 0
+    text = (out / "report.md").read_text()
+    assert "| grpo | 1 |" in text and "| base | 1 |" in text
+    for name in ("accuracy_vs_step.png", "accuracy_vs_time.png", "reward_vs_step.png", "length_vs_step.png"):
+        assert (out / "plots" / name).read_bytes()[:8] == PNG_SIGNATURE
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # a second call resumes: both runs are skipped
+        main(argv)
+    assert "skipping grpo-s0" in capsys.readouterr().err
