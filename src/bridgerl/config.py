@@ -63,7 +63,7 @@ class MathTaskConfig:
     train_path: str | None = None  # RL + SFT training file (or hub id); SFT needs a solution column
     test_path: str | None = None  # in-distribution test file (or hub id)
     hard_path: str | None = None  # harder test file (or hub id)
-    hub_split: str = "train"  # split name when a path is a hub dataset id
+    hub_split: str = "train"  # hub split of train_path (test/hard: "test"); any id may end in @split
     question_field: str | None = None  # None = auto-detect (problem, question, ...)
     answer_field: str | None = None  # None = auto-detect (answer, final_answer, #### line, boxed)
     solution_field: str | None = None  # None = auto-detect (solution, answer with steps)
