@@ -1,4 +1,10 @@
-"""Rollouts with transformers' own `generate` (KV cache, left padding): CPU, tests, small GPUs."""
+"""Rollouts with transformers' own `generate` (KV cache, left padding): CPU, tests, small GPUs.
+
+Two opt-in speed knobs (rollout.hf_cache_implementation, rollout.hf_compile; defaults keep the
+plain dynamic-cache eager path): a static KV cache preallocated to prompt + max_new_tokens, and
+`torch.compile` of the per-token decode forward, which transformers only does on a static cache.
+`benchmarks/rollout_speed.py` measures what each buys on a given machine.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import torch
 
 from bridgerl.models.lora import merge_cache
 from bridgerl.rollout.base import Rollout, SamplingParams
+
+CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_ids: set[int]) -> tuple[torch.Tensor, list[str]]:
@@ -23,29 +31,62 @@ def completion_mask(completion_ids: torch.Tensor, eos_ids: set[int]) -> tuple[to
 
 
 class HFEngine:
-    """Samples from the live module: no weight sync needed (sync is a no-op)."""
+    """Samples from the live module: no weight sync needed (sync is a no-op).
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
+    cache_implementation: "dynamic" (grows per token; transformers' default) or "static"
+    (preallocated; needed for compile). compile: torch.compile the decode forward (static only;
+    the first call per new batch shape pays the compile). On CUDA transformers would compile a
+    static-cache decode on its own; here it compiles only when asked, so the options mean what
+    they say.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, cache_implementation: str = "dynamic",
+                 compile: bool = False) -> None:
+        if cache_implementation not in CACHE_IMPLEMENTATIONS:
+            raise ValueError(f"cache_implementation={cache_implementation!r}; choose one of {CACHE_IMPLEMENTATIONS}")
+        if compile and cache_implementation != "static":
+            raise ValueError("compile=True needs cache_implementation='static' (transformers compiles only "
+                             "static-cache decoding)")
         self.model = model
         self.tokenizer = tokenizer
-        eos = tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        gen_eos = getattr(model.generation_config, "eos_token_id", None)
-        if gen_eos is not None:  # chat models stop at an end-of-turn token too
-            self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.cache_implementation = cache_implementation
+        self.compile = compile
+        self.eos_ids = stop_token_ids(model, tokenizer)
+
+    @classmethod
+    def from_config(cls, cfg: Any, model: torch.nn.Module, tokenizer: Any) -> HFEngine:
+        """The engine with the rollout.hf_* options of a `Config`; a bad combination is a ConfigError."""
+        from bridgerl.config import ConfigError
+
+        r = cfg.rollout
+        if r.hf_cache_implementation not in CACHE_IMPLEMENTATIONS:
+            raise ConfigError(f"rollout.hf_cache_implementation={r.hf_cache_implementation!r} is not allowed; "
+                              f"choose one of: {', '.join(CACHE_IMPLEMENTATIONS)}")
+        if r.hf_compile and r.hf_cache_implementation != "static":
+            raise ConfigError("rollout.hf_compile=true needs rollout.hf_cache_implementation=static")
+        return cls(model, tokenizer, cache_implementation=r.hf_cache_implementation, compile=r.hf_compile)
 
     def sync(self, model: torch.nn.Module) -> None:  # the live module is the policy
         self.model = model
 
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tok = self.tokenizer
-        side, tok.padding_side = tok.padding_side, "left"
-        try:
-            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=_adds_bos(tok, prompts[0]))
-        finally:
-            tok.padding_side = side
         device = next(self.model.parameters()).device
-        return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        return encode_left_padded(self.tokenizer, prompts, device)
+
+    def _cache_flags(self) -> dict[str, Any]:
+        if self.cache_implementation == "dynamic":
+            return {}
+        flags: dict[str, Any] = {"cache_implementation": "static"}
+        if not self.compile:
+            flags["disable_compile"] = True
+            return flags
+        from transformers import CompileConfig
+
+        config = CompileConfig()
+        if next(self.model.parameters()).device.type == "cpu":
+            config._compile_all_devices = True  # transformers' own switch for compiling off-GPU
+        flags["compile_config"] = config
+        return flags
 
     @torch.no_grad()
     def generate(self, prompts: list[str], params: SamplingParams) -> Rollout:
@@ -55,6 +96,9 @@ class HFEngine:
             flags = {"do_sample": True, "temperature": params.temperature, "top_k": 0}
             if params.top_p < 1.0:
                 flags["top_p"] = params.top_p
+        # Greedy samples of one prompt are identical: decode once, copy n times (transformers
+        # refuses num_return_sequences > 1 without sampling).
+        n_sampled = 1 if params.greedy else params.n
         was_training = self.model.training
         self.model.eval()
         try:
@@ -63,16 +107,17 @@ class HFEngine:
                     input_ids=prompt_ids,
                     attention_mask=prompt_mask,
                     max_new_tokens=params.max_new_tokens,
-                    num_return_sequences=params.n,
+                    num_return_sequences=n_sampled,
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=sorted(self.eos_ids),
                     use_cache=True,
+                    **self._cache_flags(),
                     **flags,
                 )
         finally:
             self.model.train(was_training)
         P = prompt_ids.shape[1]
-        completion_ids = out[:, P:]
+        completion_ids = out[:, P:].repeat_interleave(params.n // n_sampled, dim=0)
         mask, reasons = completion_mask(completion_ids, self.eos_ids)
         completion_ids = completion_ids.masked_fill(mask == 0, self.tokenizer.pad_token_id)
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
@@ -85,6 +130,27 @@ class HFEngine:
             texts=texts,
             finish_reasons=reasons,
         )
+
+
+def stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> set[int]:
+    """The tokenizer's EOS plus the model's generation-config EOS ids (every engine stops at these)."""
+    eos = tokenizer.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos])
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:  # chat models stop at an end-of-turn token too
+        ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return ids
+
+
+def encode_left_padded(tokenizer: Any, prompts: list[str], device: torch.device | str = "cpu"
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, P] left-padded prompt ids and attention mask (BOS added unless a prompt already has it)."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=_adds_bos(tokenizer, prompts[0]))
+    finally:
+        tokenizer.padding_side = side
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 def _adds_bos(tokenizer: Any, sample: str) -> bool:
