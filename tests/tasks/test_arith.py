@@ -1,0 +1,178 @@
+"""The embedded arithmetic task: seeded splits, expert chains, and a strict, total grader."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bridgerl.config import ArithConfig
+from bridgerl.tasks.arith import ArithTask, evaluate, format_chain, parse_final_answer
+from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, SPLITS, TEST, TEST_HARD, Example, TaskError
+
+SMALL = dict(n_rl_train=300, n_sft_train=300, n_test=100, n_test_hard=100)
+
+
+def small(**kw) -> ArithConfig:
+    return ArithConfig(**{**SMALL, **kw})
+
+
+@pytest.fixture(scope="module")
+def task() -> ArithTask:
+    return ArithTask(ArithConfig())
+
+
+def test_same_seed_gives_identical_splits_and_ignores_global_rng():
+    random.seed(1)
+    a = ArithTask(small(seed=7))
+    random.seed(2)
+    b = ArithTask(small(seed=7))
+    for s in SPLITS:
+        assert a.split(s) == b.split(s)
+
+
+def test_different_seed_gives_different_problems():
+    a, b = ArithTask(small(seed=1)), ArithTask(small(seed=2))
+    assert [e.question for e in a.split(TEST)] != [e.question for e in b.split(TEST)]
+
+
+def test_split_sizes_follow_config(task):
+    cfg = task.config
+    assert len(task.split(RL_TRAIN)) == cfg.n_rl_train
+    assert len(task.split(SFT_TRAIN)) == cfg.n_sft_train
+    assert len(task.split(TEST)) == cfg.n_test
+    assert len(task.split(TEST_HARD)) == cfg.n_test_hard
+
+
+def test_test_splits_are_disjoint_from_both_train_splits(task):
+    train = {e.question for e in task.split(RL_TRAIN) + task.split(SFT_TRAIN)}
+    test = [e.question for e in task.split(TEST)]
+    hard = [e.question for e in task.split(TEST_HARD)]
+    assert not train & set(test) and not train & set(hard)
+    assert len(set(test)) == len(test) and len(set(hard)) == len(hard)
+
+
+def test_test_has_training_operand_counts_and_hard_split_has_more(task):
+    cfg = task.config
+    for s in (RL_TRAIN, SFT_TRAIN, TEST):
+        assert {e.meta["operands"] for e in task.split(s)} <= set(cfg.train_operands)
+    assert {e.meta["operands"] for e in task.split(TEST_HARD)} <= set(cfg.hard_operands)
+    assert min(e.meta["operands"] for e in task.split(TEST_HARD)) > max(cfg.train_operands)
+    for e in task.split(TEST_HARD):
+        assert e.question.count("+") + e.question.count("-") + e.question.count("*") == e.meta["operands"] - 1
+
+
+def test_rl_train_has_answers_and_sft_train_has_expert_chains(task):
+    assert all(e.solution is None and e.answer for e in task.split(RL_TRAIN))
+    for e in task.split(SFT_TRAIN):
+        assert e.solution.endswith(f";#{e.answer}")
+        assert e.solution.count(";") == e.meta["operands"] - 1
+
+
+def test_prompt_and_chain_have_the_documented_form():
+    task = ArithTask(small())
+    e = Example(id="x", question="3+4+5+2", answer="14", solution=format_chain([3, 4, 5, 2], "+++"))
+    assert task.prompt(e) == "Q:3+4+5+2=\nA:"
+    assert e.solution == "3+4=7;7+5=12;12+2=14;#14"
+    assert task.name == "arith" and task.use_chat_template is False
+
+
+def test_operators_are_applied_left_to_right_without_precedence():
+    assert evaluate([3, 5, 2], "-*") == -4
+    assert format_chain([3, 5, 2], "-*") == "3-5=-2;-2*2=-4;#-4"
+    assert evaluate([2, 3, 4], "+*") == 20
+
+
+@pytest.mark.parametrize("ops", ["+", "+-", "+-*"])
+def test_every_expert_solution_grades_one_in_every_split(ops):
+    task = ArithTask(small(ops=ops, max_value=12))
+    for s in SPLITS:
+        for e in task.split(s):
+            assert task.grade(e, format_chain(*_parse(e.question))) == 1.0
+    assert all(task.grade(e, e.solution) == 1.0 for e in task.split(SFT_TRAIN))
+
+
+def _parse(question: str) -> tuple[list[int], list[str]]:
+    operands, ops, num = [], [], ""
+    for i, ch in enumerate(question):
+        if ch.isdigit() or (ch == "-" and (i == 0 or not question[i - 1].isdigit())):
+            num += ch
+        else:
+            operands.append(int(num))
+            ops.append(ch)
+            num = ""
+    operands.append(int(num))
+    return operands, ops
+
+
+def test_direct_answer_and_trailing_whitespace_or_eos_grade_one():
+    task = ArithTask(small())
+    e = Example(id="x", question="3+4", answer="7")
+    for c in ("#7", "3+4=7;#7", "#7\n", "#7 \nQ:1+1=", "#7</s>", "#7</s><pad><pad>", "  #7"):
+        assert task.grade(e, c) == 1.0, c
+
+
+def test_wrong_or_malformed_answers_grade_zero():
+    task = ArithTask(small())
+    e = Example(id="x", question="3+4", answer="7")
+    bad = ["#8", "7", "3+4=7", "# 7", "#07", "#+7", "#7;", "#7.0", "#7a", "#", "", "##7",
+           "#8;#7", "#-7", "#-0", "#7;3+4=7"]
+    for c in bad:
+        assert task.grade(e, c) == 0.0, c
+
+
+def test_only_the_first_answer_mark_counts():
+    assert parse_final_answer("#3 #7") == 3
+    assert parse_final_answer("1+2=3;#3\n#4") == 3
+
+
+def test_negative_answers_are_parsed():
+    task = ArithTask(small())
+    e = Example(id="x", question="3-5", answer="-2")
+    assert task.grade(e, "3-5=-2;#-2") == 1.0
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [None, 7, b"#7", ["#7"], "#" + "9" * 10_000, "\x00#\x00", "#\ud800", "#٣", "</s>#", "#-", "#--7", "\n" * 50],
+)
+def test_grade_never_raises_on_garbage(completion):
+    task = ArithTask(small())
+    e = Example(id="x", question="3+4", answer="7")
+    assert task.grade(e, completion) == 0.0
+
+
+def test_grade_never_raises_on_a_malformed_example():
+    task = ArithTask(small())
+    assert task.grade(Example(id="x", question="?", answer="seven"), "#7") == 0.0
+    assert task.grade(None, "#7") == 0.0
+
+
+def test_grade_is_deterministic(task):
+    e = task.split(TEST)[0]
+    completions = [e.solution or "#1", "#" + e.answer, "junk"]
+    assert [task.grade(e, c) for c in completions] == [task.grade(e, c) for c in completions]
+
+
+def test_difficulty_options_change_the_problems():
+    base = ArithTask(small())
+    wide = ArithTask(small(max_value=99))
+    assert max(max(_parse(e.question)[0]) for e in wide.split(TEST)) > 9
+    assert max(max(_parse(e.question)[0]) for e in base.split(TEST)) <= 9
+    mixed = ArithTask(small(ops="+-*"))
+    used = {ch for e in mixed.split(RL_TRAIN) for ch in e.question if ch in "+-*"}
+    assert used == {"+", "-", "*"}
+    longer = ArithTask(small(train_operands=[3, 5], hard_operands=[8]))
+    assert {e.meta["operands"] for e in longer.split(RL_TRAIN)} == {3, 5}
+    assert {e.meta["operands"] for e in longer.split(TEST_HARD)} == {8}
+    sized = ArithTask(small(n_rl_train=17, n_test=5))
+    assert len(sized.split(RL_TRAIN)) == 17 and len(sized.split(TEST)) == 5
+
+
+def test_impossible_or_invalid_configs_raise_task_error():
+    with pytest.raises(TaskError):
+        ArithTask(small(ops="/"))
+    with pytest.raises(TaskError):
+        ArithTask(small(train_operands=[1]))
+    with pytest.raises(TaskError):
+        ArithTask(small(max_value=1, train_operands=[2], n_test=10))  # only 4 distinct problems
