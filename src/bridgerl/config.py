@@ -48,8 +48,8 @@ class ArithConfig:
 
     The defaults are the ones the shipped base model (assets/tiny-arith) was pretrained for:
     it answers 2-3 operands directly, 4 operands only ~13% of the time, 6 operands ~never,
-    and knows every chain step "a+b=c" (a <= 45) as a bare fact. Other values work with
-    `bridgerl pretrain` rebuilding a matching base model.
+    and knows every chain step "a+b=c" (a <= 45) as a bare fact. Other values need a base
+    model pretrained for them: `bridgerl.models.tiny.pretrain(out_dir, config=...)`.
     """
 
     ops: str = "+"  # operators drawn from this string ("+", "-", "*"; e.g. "+-"), applied left to right

@@ -12,10 +12,13 @@ model is a fair base model for the paper's story (docs/testbed-notes.md):
 - it has never seen a chain of thought after "A:", so it does not produce one: SFT on the
   expert chains must teach the format of chaining, not new arithmetic; RL can then sharpen it.
 
-No question of the `test` or `test_hard` split appears in the corpus.
+No question of the `test` or `test_hard` split appears in the corpus. The shipped model
+(1,000 steps x 128 documents, ~3-5 min on a 2-core CPU) answers greedily 2 operands 100%,
+3 operands 100%, 4 (test) 13%, 5 4%, 6 (test_hard) 0%, every chain step 100%, and never
+writes a chain (assets/tiny-arith/pretrain_report.json).
 
-Public names: EMBEDDED_DIR, VOCAB, build_tokenizer, build_model, corpus_document, pretrain,
-generate_greedy, greedy_accuracy.
+Public names: EMBEDDED_DIR, VOCAB, build_tokenizer, build_model, corpus_document,
+pack_documents, pretrain, generate_greedy, greedy_accuracy.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import torch
 from bridgerl.config import ArithConfig
 from bridgerl.tasks.arith import (
     ArithTask,
-    apply_op,
     evaluate,
     format_answer,
     format_fact,

@@ -180,7 +180,7 @@ class ArithTask(Task):
         while len(out) < n:
             operands, ops = self.sample_problem(self._rng, self._rng.choice(counts))
             q = format_question(operands, ops)
-            if q not in seen:  # duplicates across ops strings ("+" twice in ops) are still rejected here
+            if q not in seen:
                 seen.add(q)
                 out.append(self.make_example(split, len(out), operands, ops))
         return out
