@@ -7,9 +7,14 @@ Engines: HF generate with a dynamic KV cache (today's default), with a static ca
 static cache and a torch.compile'd decode step, and vLLM when it is importable and a GPU is
 present. Every engine gets the same prompts, the same sampling settings (the RL defaults:
 rollout.prompts_per_step prompts x rollout.num_generations samples, temperature 1) and the same
-seed. By default our LoRA is attached (B random, as mid-training), because that is what
+seed, and by default the same lengths: every completion runs to --max-new-tokens (EOS is
+suppressed until then: HF `min_new_tokens`, vLLM `min_tokens`), so engines are compared on
+equal work; --natural-length lets the model stop at EOS instead (the embedded base model
+answers in ~4 tokens, which measures prefill and per-call overhead more than decoding).
+By default our LoRA is attached (B random, as mid-training), because that is what
 training rolls out with. Each engine runs one untimed warm-up call (compilation, CUDA graphs,
-allocator) whose time is reported separately, then --repeats timed calls.
+allocator) whose time is reported separately, then --repeats timed calls, interleaved across
+engines (round-robin) so background load on a shared machine hits them all alike.
 
 tokens_per_s counts generated tokens only (completion_mask: up to and including EOS), summed
 over the timed calls, divided by their wall time; best_tokens_per_s is the fastest single call
@@ -29,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--repeats", type=int, default=3, help="timed calls per engine (after one warm-up)")
+    p.add_argument("--natural-length", action="store_true", help="stop at EOS (default: run to max tokens)")
     p.add_argument("--no-lora", action="store_true", help="benchmark the bare model (no LoRA attached)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
@@ -109,12 +116,17 @@ def build_engine(name: str, model: Any, tok: Any, args: argparse.Namespace, mode
         return HFEngine(model, tok, cache_implementation="static")
     if name == "hf_static_compile":
         return HFEngine(model, tok, cache_implementation="static", compile=True)
+    import vllm
+
     from bridgerl.rollout.vllm import VLLMEngine
 
     cfg = Config()
     cfg.model.name_or_path, cfg.model.dtype, cfg.run.seed = model_dir, dtype, args.seed
     cfg.rollout.vllm_gpu_memory_utilization = args.vllm_gpu_memory_utilization
-    return VLLMEngine(cfg, model, tok)
+    engine = VLLMEngine(cfg, model, tok)
+    if not args.natural_length:  # vLLM's twin of HF's min_new_tokens
+        engine.sampling_params_cls = partial(vllm.SamplingParams, min_tokens=args.max_new_tokens)
+    return engine
 
 
 def skip_reason(name: str, device: str) -> str | None:
@@ -132,33 +144,40 @@ def sync_device(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(engine: Any, prompts: list[str], params: SamplingParams, repeats: int, seed: int,
-            device: str) -> dict[str, Any]:
-    torch.manual_seed(seed)
+def timed_call(engine: Any, prompts: list[str], params: SamplingParams, seed: int, device: str
+               ) -> tuple[float, int, int]:
+    """(seconds, generated tokens, rows stopped at EOS) of one generate call."""
+    torch.manual_seed(seed)  # the same sampling stream for every engine
     t0 = time.perf_counter()
-    engine.generate(prompts, params)
+    r = engine.generate(prompts, params)
     sync_device(device)
-    warmup = time.perf_counter() - t0
-    times, tokens, stops = [], [], 0
+    return time.perf_counter() - t0, int(r.completion_mask.sum()), sum(f == "stop" for f in r.finish_reasons)
+
+
+def measure(engines: dict[str, Any], prompts: list[str], params: SamplingParams, repeats: int, seed: int,
+            device: str) -> dict[str, dict[str, Any]]:
+    """One warm-up call per engine, then `repeats` rounds with one timed call per engine each:
+    interleaving spreads any background load on a shared machine evenly over the engines."""
+    warmup = {name: timed_call(e, prompts, params, seed, device)[0] for name, e in engines.items()}
+    calls: dict[str, list[tuple[float, int, int]]] = {name: [] for name in engines}
     for i in range(repeats):
-        torch.manual_seed(seed + 1 + i)  # same sampling stream for every engine
-        t0 = time.perf_counter()
-        r = engine.generate(prompts, params)
-        sync_device(device)
-        times.append(time.perf_counter() - t0)
-        tokens.append(int(r.completion_mask.sum()))
-        stops += sum(f == "stop" for f in r.finish_reasons)
+        for name, e in engines.items():
+            calls[name].append(timed_call(e, prompts, params, seed + 1 + i, device))
     rows = len(prompts) * params.n
-    return {
-        "tokens_per_s": sum(tokens) / sum(times),
-        "best_tokens_per_s": max(k / t for k, t in zip(tokens, times)),
-        "warmup_s": warmup,
-        "median_call_s": statistics.median(times),
-        "calls_s": times,
-        "new_tokens_per_call": tokens,
-        "mean_completion_length": sum(tokens) / (repeats * rows),
-        "stop_fraction": stops / (repeats * rows),
-    }
+    out = {}
+    for name, cs in calls.items():
+        times, tokens = [c[0] for c in cs], [c[1] for c in cs]
+        out[name] = {
+            "tokens_per_s": sum(tokens) / sum(times),
+            "best_tokens_per_s": max(k / t for k, t in zip(tokens, times)),
+            "warmup_s": warmup[name],
+            "median_call_s": statistics.median(times),
+            "calls_s": times,
+            "new_tokens_per_call": tokens,
+            "mean_completion_length": sum(tokens) / (repeats * rows),
+            "stop_fraction": sum(c[2] for c in cs) / (repeats * rows),
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -176,19 +195,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_lora:
         attach(model, args.seed)
     model.eval()
+    if not args.natural_length:  # HF generate reads it from the generation config: no EOS before then
+        model.generation_config.min_new_tokens = args.max_new_tokens
     prompts = make_prompts(args.prompts, args.seed)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, n=args.n)
 
+    skipped = {name: reason for name in names if (reason := skip_reason(name, device))}
+    engines = {name: build_engine(name, model, tok, args, model_dir, dtype) for name in names if name not in skipped}
+    measured = measure(engines, prompts, params, args.repeats, args.seed, device)
     results: dict[str, Any] = {}
     for name in names:
-        if reason := skip_reason(name, device):
-            results[name] = {"skipped": reason}
-            print(f"{name:18s} skipped: {reason}", flush=True)
+        if name in skipped:
+            results[name] = {"skipped": skipped[name]}
+            print(f"{name:18s} skipped: {skipped[name]}", flush=True)
             continue
-        engine = build_engine(name, model, tok, args, model_dir, dtype)
-        results[name] = measure(engine, prompts, params, args.repeats, args.seed, device)
-        del engine
-        r = results[name]
+        r = results[name] = measured[name]
         print(f"{name:18s} {r['tokens_per_s']:9.0f} new tokens/s  (best call {r['best_tokens_per_s']:.0f}/s, "
               f"median call {r['median_call_s']:.2f} s, warm-up {r['warmup_s']:.1f} s)", flush=True)
 
@@ -200,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(), "load_average_1min": load_avg,
         "torch": torch.__version__, "transformers": transformers.__version__,
         "prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature, "repeats": args.repeats, "seed": args.seed, "engines": results,
+        "temperature": args.temperature, "full_length": not args.natural_length, "repeats": args.repeats, "seed": args.seed, "engines": results,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
