@@ -42,7 +42,7 @@ def make_engine(cfg: Config, model: torch.nn.Module, tokenizer: Any) -> Any:
         return VLLMEngine(cfg, model, tokenizer)
     from bridgerl.rollout.hf import HFEngine
 
-    return HFEngine(model, tokenizer)
+    return HFEngine.from_config(cfg, model, tokenizer)
 
 
 def run_dir_for(cfg: Config) -> Path:
