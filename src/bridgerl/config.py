@@ -119,7 +119,8 @@ class RolloutConfig:
 class LossConfig:
     # grpo | dr_grpo | dapo | bnpo: sets aggregation and advantage scaling (see algos.losses)
     preset: str = "grpo"
-    aggregation: str | None = None  # override the preset's: token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+    # None = the preset's; or token_mean | seq_mean_token_mean (TRL's "grpo") | seq_mean_token_sum_norm
+    aggregation: str | None = None
     clip_eps_low: float = 0.2
     clip_eps_high: float | None = None  # None = clip_eps_low (DAPO: 0.28)
     kl_coef: float = 0.0  # KL to the starting model (paper recipe: 1e-3, k3)

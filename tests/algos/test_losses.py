@@ -176,7 +176,7 @@ def test_chord_phi_weights_are_p_times_one_minus_p_and_detached():
 
 
 def test_presets_realise_the_trl_loss_types():
-    assert PRESETS["grpo"]["aggregation"] == "seq_mean_token_mean"
+    assert PRESETS["grpo"]["aggregation"] == "token_mean"  # verl's GRPO, the paper's framework
     assert PRESETS["grpo"]["advantage_scale"] == "group"
     assert PRESETS["dr_grpo"]["aggregation"] == "seq_mean_token_sum_norm"
     assert PRESETS["dr_grpo"]["advantage_scale"] == "none"

@@ -209,8 +209,10 @@ def chord_phi_weights(logp: Tensor) -> Tensor:
 # ranks; False: each micro-batch normalises by its own counts); `drop_zero_std_groups` (drop
 # rows where zero_std_group_mask is False before the update).
 PRESETS: dict[str, dict] = {
-    # DeepSeekMath GRPO: each sequence weighs the same, whatever its length.
-    "grpo": dict(aggregation="seq_mean_token_mean", advantage_scale="group", clip_eps_low=0.2,
+    # GRPO as verl runs it (the BRIDGE paper's framework; method.md decision 1): token mean over
+    # the batch. DeepSeekMath's / TRL's per-sequence mean is `aggregation="seq_mean_token_mean"`;
+    # on the testbed it drove wrong answers ever longer (its length bias, Dr.GRPO section 3).
+    "grpo": dict(aggregation="token_mean", advantage_scale="group", clip_eps_low=0.2,
                  clip_eps_high=0.2, global_norm=True, drop_zero_std_groups=False),
     # Dr.GRPO (arXiv 2503.20783): a constant length normaliser and no std division remove
     # the length and question-difficulty biases of GRPO.
