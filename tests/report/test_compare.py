@@ -120,6 +120,14 @@ def test_time_to_cold_start_accuracy_per_recipe(tmp_path: Path) -> None:
     assert rows["grpo"]["reach"] == [None]
 
 
+def test_failed_runs_are_flagged_in_the_table(tmp_path: Path) -> None:
+    d = write_run(tmp_path, "bridge-s0", "bridge", {0: 0.1}, 0.3)
+    summary = json.loads((d / "summary.json").read_text())
+    (d / "summary.json").write_text(json.dumps({**summary, "status": "shadow_collapsed"}))
+    (row,) = summarize([record(d, "bridge", "bridge", 0)])
+    assert row["failed"] == ["bridge-s0 shadow_collapsed"]
+
+
 # -- neutral wording --------------------------------------------------------------------------------
 
 def test_versus_never_claims_what_the_seeds_do_not_show() -> None:

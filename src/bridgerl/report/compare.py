@@ -239,6 +239,7 @@ def run_compare(ns: argparse.Namespace) -> int:
             records.append(record)
             progress.update(bar, advance=1)
             write_outputs(compare_dir, settings, records, plots=False)
+        progress.update(bar, description=f"done ({len(plan)} runs)", eta_at=time.time())
     settings["compare_time_s"] = time.perf_counter() - t_all
     report = write_outputs(compare_dir, settings, records)
     console.print(f"compare finished: {report}")
@@ -312,7 +313,8 @@ def summarize(records: list[dict[str, Any]], runs: dict[str, list[Run]] | None =
                "steps": mean_std([x.get("steps") for x in s]), "time_s": mean_std([x.get("time_s") for x in s]),
                "mem_mb": mean_std([r.get("peak_rss_mb_run") or r["summary"].get("peak_rss_mb") for r in rs]),
                "cuda_mb": mean_std([x.get("peak_cuda_mb") for x in s]),
-               "failed": [r["run_dir"] for r in rs if r["summary"].get("status", "ok") != "ok"],
+               "failed": [f"{r['run_dir']} {r['summary']['status']}" for r in rs
+                          if r["summary"].get("status", "ok") != "ok"],
                "target": target, "reach": None}
         if target is not None and runs is not None and label in runs:
             row["reach"] = [time_to_reach(*series(run, "eval/accuracy", "time_s"), target) for run in runs[label]]
@@ -356,6 +358,8 @@ def versus(a_name: str, a: list[float], b_name: str, b: list[float]) -> str:
         return f"{head}; one seed on at least one side, so there is no seed spread: this alone cannot separate " \
                "the two from seed noise."
     se = 100 * np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
+    if max(a + b) - min(a + b) <= EPS:
+        return f"{head}; the same value in every seed of both: no difference."
     if min(a) > max(b):
         return f"{head}; {a_name} is above {b_name} in every seed: consistent with the paper's direction."
     if max(a) < min(b):
@@ -377,10 +381,16 @@ def claims(records: list[dict[str, Any]], rows: list[dict[str, Any]], runs: dict
         for other in ("cold-start", "grpo"):
             measured.append(f"{split}: " + versus("bridge", _acc(records, "bridge", key), other,
                                                   _acc(records, other, key)))
+    by = {r["label"]: r for r in rows}
+    for label in ("bridge", "cold-start", "grpo"):
+        r = by.get(label)
+        if r and r["test"][0] is not None and r["start"][0] is not None and r["test"][0] < r["start"][0] - EPS:
+            measured.append(f"note: {label} ends below its starting test accuracy ({pct(r['start'])} -> "
+                            f"{pct(r['test'])}): training made the model worse, so an order among such runs says "
+                            "little about the paper's claim.")
     out.append(("Final accuracy: bridge above cold-start and above RL-zero (grpo)",
                 "Qwen2.5-3B, average of 5 benchmarks: bridge 36.0, cold-start 32.2, rl-zero 32.2.", measured))
 
-    by = {r["label"]: r for r in rows}
     measured = []
     if "cold-start" in by and by["cold-start"]["target"] is not None:
         measured.append(f"target = cold-start's mean final test accuracy, {100 * by['cold-start']['target']:.1f}%; "
@@ -392,14 +402,14 @@ def claims(records: list[dict[str, Any]], rows: list[dict[str, Any]], runs: dict
                                 f"{num(by[label]['time_s'])} s.")
         cs, br = by["cold-start"]["reach"] or [], (by.get("bridge") or {}).get("reach") or []
         cs_hits, br_hits = [t for t in cs if t is not None], [t for t in br if t is not None]
-        if cs_hits and br_hits:
-            ratio = np.mean(br_hits) / np.mean(cs_hits)
-            measured.append(f"bridge's mean time to the target is {ratio:.2f}x cold-start's "
-                            f"({'less' if ratio < 1 else 'more'} time; the paper reports 0.56x).")
         start = by["cold-start"]["start"][0]
         if start is not None and by["cold-start"]["target"] <= start + EPS:
             measured.append("the starting model already scores at or above the target, so these times measure "
-                            "setup and the first evaluation, not learning.")
+                            "setup and the first evaluation, not learning: no time comparison is made.")
+        elif cs_hits and br_hits:
+            ratio = np.mean(br_hits) / np.mean(cs_hits)
+            measured.append(f"bridge's mean time to the target is {ratio:.2f}x cold-start's "
+                            f"({'less' if ratio < 1 else 'more'} time; the paper reports 0.56x).")
         measured.append(f"budget: {_budget(settings)}; on equal steps the recipes' step costs differ, so their "
                         "wall times differ.")
     else:
@@ -492,7 +502,9 @@ def render_report(settings: dict[str, Any], records: list[dict[str, Any]], rows:
              "## Results", "",
              "Accuracy is greedy pass@1 in percent, mean ± sample std over seeds (no ± with one seed). "
              "'reach' is the wall-clock to the first evaluation at or above cold-start's mean final test "
-             "accuracy (seeds that reached it). The paper column is Qwen2.5-3B's 5-benchmark average: "
+             "accuracy (seeds that reached it). Wall times are measured on this machine while the runs ran one "
+             "after the other; on a shared machine they include other processes' load (per-phase times are in "
+             "each run's metrics.jsonl as time/<phase>). The paper column is Qwen2.5-3B's 5-benchmark average: "
              "another model and other benchmarks, for the order only.", "",
              f"| recipe | seeds | test acc | hard acc | start test acc | steps | wall time (s) | "
              f"peak {'GPU' if cuda else 'RSS'} (MB) | reach cold-start acc | paper avg |",
@@ -506,6 +518,10 @@ def render_report(settings: dict[str, Any], records: list[dict[str, Any]], rows:
     lines += ["", "## The paper's claims, as measured here", "",
               "Each claim states what the paper reports (other models, other scale) and what this compare measured. "
               "A difference counts as consistent with the paper only when it holds in every seed.", ""]
+    failed = [f for r in rows for f in r["failed"]]
+    if failed:
+        lines += [f"Runs flagged as failed (kept in every number above): {', '.join(failed)}. A collapsed shadow "
+                  "makes bridge's cooperative gain meaningless; read those runs' results with that in mind.", ""]
     for i, (claim, paper, measured) in enumerate(claim_list, 1):
         lines += [f"### {i}. {claim}", "", f"Paper: {paper}", "", "Measured:", ""]
         lines += [f"- {m}" for m in measured] + [""]
