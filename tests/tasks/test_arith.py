@@ -62,9 +62,9 @@ def test_test_has_training_operand_counts_and_hard_split_has_more(task):
         assert e.question.count("+") + e.question.count("-") + e.question.count("*") == e.meta["operands"] - 1
 
 
-def test_rl_train_has_answers_and_sft_train_has_expert_chains(task):
-    assert all(e.solution is None and e.answer for e in task.split(RL_TRAIN))
-    for e in task.split(SFT_TRAIN):
+def test_rl_train_has_answers_and_both_train_splits_carry_expert_chains(task):
+    assert all(e.answer for e in task.split(RL_TRAIN))
+    for e in task.split(RL_TRAIN) + task.split(SFT_TRAIN):  # LUFFY injects the RL problem's own chain
         assert e.solution.endswith(f";#{e.answer}")
         assert e.solution.count(";") == e.meta["operands"] - 1
 

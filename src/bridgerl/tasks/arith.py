@@ -148,7 +148,9 @@ class ArithTask(Task):
             TEST_HARD, config.n_test_hard, config.hard_operands, exclude={e.question for e in self.splits[TEST]}
         )
         held_out = {e.question for e in self.splits[TEST]} | {e.question for e in self.splits[TEST_HARD]}
-        self.splits[RL_TRAIN] = self._draw(RL_TRAIN, config.n_rl_train, held_out, with_solution=False)
+        # RL problems carry their chain too (never used as a reward): LUFFY injects it into the group,
+        # as the paper's D_RL and D_SFT are the same problems with expert traces.
+        self.splits[RL_TRAIN] = self._draw(RL_TRAIN, config.n_rl_train, held_out, with_solution=True)
         self.splits[SFT_TRAIN] = self._draw(SFT_TRAIN, config.n_sft_train, held_out, with_solution=True)
 
     # -- generation -------------------------------------------------------------------------
