@@ -77,7 +77,7 @@ def tiny_llama(tokenizer, seed: int = 0, dtype=torch.float64) -> LlamaForCausalL
 def exact_config(*overrides: str) -> Config:
     base = ["rollout.num_generations=3", "rollout.prompts_per_step=2", "train.sft_batch_size=2",
             "optim.optimizer=sgd", "optim.weight_decay=0.0", "optim.max_grad_norm=1e9", "optim.lr=0.1",
-            "optim.lora_lr=0.3", "loss.aggregation=token_mean", "lora.r=2", "lora.alpha=4", "train.steps=1"]
+            "optim.lora_lr=0.3", "optim.shadow_lr=0.2", "loss.aggregation=token_mean", "lora.r=2", "lora.alpha=4", "train.steps=1"]
     return load_config(None, base + list(overrides))
 
 

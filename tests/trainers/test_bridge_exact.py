@@ -88,7 +88,7 @@ def test_bridge_step_equals_equations_7_to_9(tokenizer, tie, lam):
     st, plain = _bridge_state(tokenizer, f"bridge.lam={lam}", tie=tie)
     theta0, hat0, w0 = _snapshot(st.theta), _snapshot(st.shadow), _snapshot(st.lora)
     scaling = st.cfg.lora.alpha / st.cfg.lora.r
-    alpha, beta = st.cfg.optim.lr, st.cfg.optim.lora_lr
+    alpha, beta, alpha_hat = st.cfg.optim.lr, st.cfg.optim.lora_lr, st.cfg.optim.shadow_lr  # each group its own rate
 
     bridge_step(st)
 
@@ -105,7 +105,7 @@ def test_bridge_step_equals_equations_7_to_9(tokenizer, tie, lam):
     for i, n in enumerate(names_t):  # Eq. 7 and Eq. 9
         expected = theta0[n] - alpha * ((1 - lam) * z(g_sft[i], theta0[n]) + lam * z(g_rl[i], theta0[n]))
         torch.testing.assert_close(st.theta[n].detach(), expected, atol=1e-6, rtol=0)
-        expected_hat = hat0[n] - alpha * z(g_hat[i], hat0[n])
+        expected_hat = hat0[n] - alpha_hat * z(g_hat[i], hat0[n])
         torch.testing.assert_close(st.shadow[n].detach(), expected_hat, atol=1e-6, rtol=0)
     for j, n in enumerate(names_w):  # Eq. 8
         gs, gr, gh = (z(g[k + j], w0[n]) for g in (g_sft, g_rl, g_hat))

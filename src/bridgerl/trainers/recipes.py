@@ -30,14 +30,18 @@ def sft_step(st: TrainState) -> Metrics:
     return m
 
 
-def grpo_step(st: TrainState) -> Metrics:
-    m: Metrics = {"phase_sft": 0.0}
-    rb = rl_batch(st, m)
+def rl_update(st: TrainState, rb: RLBatch, m: Metrics) -> Metrics:
+    """One policy-gradient update of theta on a prepared batch (GRPO; LUFFY's mixed groups)."""
     with st.timer("rl_fwd_bwd"):
         m["loss/rl"], _, pm = rl_pass(st, rb)
     m.update(pm)
     optimizer_step(st, ("theta",), m)
     return m
+
+
+def grpo_step(st: TrainState) -> Metrics:
+    m: Metrics = {"phase_sft": 0.0}
+    return rl_update(st, rl_batch(st, m), m)
 
 
 def cold_start_step(st: TrainState) -> Metrics:
@@ -115,11 +119,7 @@ def luffy_step(st: TrainState) -> Metrics:
     off_policy[G - 1 :: G] = True
     adv = group_advantages(all_rewards, G, scale="none")  # LUFFY's released config: no std division
     rb = RLBatch([e for e in examples for _ in range(G)], mixed.select(order), all_rewards, adv, off_policy)
-    with st.timer("rl_fwd_bwd"):
-        m["loss/rl"], _, pm = rl_pass(st, rb)
-    m.update(pm)
-    optimizer_step(st, ("theta",), m)
-    return m
+    return rl_update(st, rb, m)
 
 
 def bridge_step(st: TrainState) -> Metrics:
