@@ -63,3 +63,17 @@ def test_eval_with_k_samples_reports_avg_and_unbiased_pass_at_k(tmp_path):
     result = json.loads(out[out.index("{"):])["arith"]
     assert {"avg@4", "pass@4", "sampled_pass@1"} <= result.keys()
     assert result["pass@4"] >= result["sampled_pass@1"]
+
+
+def test_eval_on_the_math_benchmark_files_reports_each_benchmark(tmp_path):
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if not (data / "math500" / "test.jsonl").is_file():
+        pytest.skip(f"benchmark files not found under {data}")
+    out = _bridgerl("eval", "embedded", "--benchmark", "all", "--data-root", str(data), "--limit", "2",
+                    "--max-new-tokens", "4", "--k", "2", cwd=tmp_path).stdout
+    result = json.loads(out[out.index("{"):])
+    assert set(result) == {"math500", "minerva_math", "olympiadbench", "aime24", "amc23", "gsm8k"}
+    for name, r in result.items():
+        assert r["n"] == 2 and 0.0 <= r["pass@1"] <= 1.0 and "avg@2" in r, name
