@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from bridgerl.config import ConfigError, load_config
-from bridgerl.report.compare import (config_mismatch, largest_drop, mean_std, pct, plan_runs, stage_dip, summarize,
-                                     switch_step, time_to_reach, versus, write_outputs)
+from bridgerl.report.compare import config_mismatch, plan_runs, write_outputs
 from bridgerl.report.plots import load_run
+from bridgerl.report.summary import (largest_drop, mean_std, pct, stage_dip, summarize, switch_step, time_to_reach,
+                                     versus)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
