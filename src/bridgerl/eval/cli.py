@@ -9,12 +9,6 @@ from pathlib import Path
 from bridgerl.config import ConfigError, ModelConfig, load_config
 
 
-def _default_data_root() -> str:
-    import os
-
-    return os.environ.get("BRIDGERL_DATA", str(Path("..") / "shared" / "data"))
-
-
 def run_eval(ns: argparse.Namespace) -> int:
     from bridgerl.eval.evaluate import evaluate, write_records
     from bridgerl.models.loading import load
@@ -34,8 +28,7 @@ def run_eval(ns: argparse.Namespace) -> int:
         unknown = [n for n in names if n not in BENCHMARKS]
         if unknown:
             raise ConfigError(f"unknown benchmark {unknown[0]!r}; choose from: {', '.join(BENCHMARKS)} or 'all'")
-        root = ns.data_root or _default_data_root()
-        jobs = [(n, benchmark_task(n, root, limit=ns.limit), "test") for n in names]
+        jobs = [(n, benchmark_task(n, ns.data_root, limit=ns.limit), "test") for n in names]  # None: $BRIDGERL_DATA
         default_tokens = 1024
     else:
         jobs = [(cfg.task.name, build_task(cfg.task), ns.split)]
