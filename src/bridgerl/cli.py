@@ -3,7 +3,7 @@
     bridgerl train [CONFIG.yaml] [key=value ...]     # no arguments: BRIDGE on the embedded testbed
     bridgerl eval MODEL_DIR [--split test] [--k 8] [key=value ...]
     bridgerl pretrain [--out DIR] [--steps N]
-    bridgerl compare [--recipes ...] [--seeds N] [--steps N | --minutes M] [key=value ...]
+    bridgerl compare [--recipes ...] [--seeds N] [--steps N [--jobs J] | --minutes M] [key=value ...]
     bridgerl plot RUN_DIR [RUN_DIR ...]
 
 User errors (bad config, missing model, malformed data) print one line and exit with 2.
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="default")
     p.add_argument("--reward-noise", type=float, default=None, help="flip each reward with this probability")
     p.add_argument("--lam-sweep", nargs="*", type=float, default=None, help="bridge.lam values to sweep")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each a child process with cpus/JOBS torch threads and its output in "
+                        "<run>.log (default 1: one after the other, in this process; not with --minutes)")
     p.add_argument("args", nargs="*", help="a CONFIG.yaml and/or key=value overrides applied to every run")
     p.set_defaults(fn=cmd_compare)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from bridgerl.config import ConfigError, load_config
-from bridgerl.report.compare import config_mismatch, plan_runs, write_outputs
+from bridgerl.report.compare import child_argv, config_mismatch, plan_runs, run_config, write_outputs
 from bridgerl.report.plots import load_run
 from bridgerl.report.summary import (largest_drop, mean_std, pct, stage_dip, summarize, switch_step, time_to_reach,
                                      versus)
@@ -20,7 +21,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def ns(**kw) -> argparse.Namespace:
-    base = dict(recipes=None, seeds=1, steps=None, minutes=None, name="t", reward_noise=None, lam_sweep=None, args=[])
+    base = dict(recipes=None, seeds=1, steps=None, minutes=None, name="t", reward_noise=None, lam_sweep=None, jobs=1,
+                args=[])
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -178,6 +180,32 @@ def test_unknown_recipe_is_a_user_error() -> None:
         plan_runs(ns(recipes=["ppo"]), load_config())
 
 
+def test_jobs_below_one_and_jobs_with_a_wall_clock_budget_are_user_errors() -> None:
+    with pytest.raises(ConfigError, match="--jobs must be >= 1"):
+        plan_runs(ns(jobs=0, steps=2), load_config())
+    with pytest.raises(ConfigError, match="--jobs > 1 cannot be combined with --minutes"):
+        plan_runs(ns(recipes=["sft", "grpo"], jobs=2, minutes=1.0), load_config())
+    assert plan_runs(ns(recipes=["sft", "grpo"], jobs=2, steps=2), load_config())
+
+
+def test_a_child_run_gets_the_same_config_as_the_in_process_run(tmp_path: Path) -> None:
+    from bridgerl.cli import _split_config_args
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump({"train": {"steps": 7}}))
+    user = ["rollout.num_generations=2", "log.progress=true"]
+    (pr,) = plan_runs(ns(recipes=["grpo"], steps=3), load_config(str(config_file), user))
+    (tmp_path / pr.name).mkdir()  # an interrupted run: both resume it
+    argv = child_argv(str(config_file), user, pr, tmp_path)
+    assert argv[:4] == [sys.executable, "-m", "bridgerl", "train"]
+    child = load_config(*_split_config_args(argv[4:]))
+    in_process = run_config(str(config_file), user, pr, tmp_path)
+    assert child.resume and child.run.name == "grpo-s0" and child.train.steps == 3
+    assert not child.log.progress  # children never draw progress bars over each other
+    child.log.progress = True
+    assert child == in_process
+
+
 def test_a_finished_run_with_other_settings_is_detected() -> None:
     cfg = load_config(None, ["train.steps=5"])
     stored = yaml.safe_load(yaml.safe_dump({"train": {"steps": 2}, "log": {"progress": False}, "newer": 1}))
@@ -255,3 +283,86 @@ def test_compare_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):  # a second call resumes: both runs are skipped
         main(argv)
     assert "skipping grpo-s0" in capsys.readouterr().err
+
+
+def _compare(argv: list[str]) -> int:
+    from bridgerl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", *argv])
+    return exc.value.code
+
+
+@pytest.fixture(scope="module")
+def parallel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """sft and grpo, one seed, two steps, as two concurrent child processes; (output root, shared arguments)."""
+    root = tmp_path_factory.mktemp("jobs")
+    common = ["--seeds", "1", "--steps", "2", *TINY, f"model.name_or_path={_model(root)}", f"run.output_dir={root}"]
+    assert _compare(["--recipes", "sft", "grpo", "--jobs", "2", "--name", "par", *common]) == 0
+    return root, common
+
+
+@pytest.mark.slow
+def test_parallel_runs_are_recorded_in_plan_order_with_their_own_peak_memory(
+        parallel: tuple[Path, list[str]]) -> None:
+    out = parallel[0] / "compare-par"
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["jobs"] == 2
+    assert [r["run_dir"] for r in results["runs"]] == ["sft-s0", "grpo-s0"]
+    for r in results["runs"]:
+        assert r["summary"]["steps"] == 2 and r["summary"]["status"] == "ok" and not r["skipped"]
+        assert r["peak_rss_mb_run"] > 0
+        assert json.loads((out / r["run_dir"] / "compare.json").read_text())["peak_rss_mb_run"] == r["peak_rss_mb_run"]
+        assert (out / f"{r['run_dir']}.log").is_file()  # each child's output, beside its run folder
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["grpo-s0", "plots", "sft-s0"]
+    assert "| grpo | 1 |" in (out / "report.md").read_text()
+    assert (out / "plots" / "accuracy_vs_step.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.slow
+def test_a_seed_trains_the_same_in_a_child_process_as_in_process(parallel: tuple[Path, list[str]]) -> None:
+    import torch
+
+    root, common = parallel
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the two children on this 2-core machine (cpus // jobs, at least 1)
+    try:
+        assert _compare(["--recipes", "grpo", "--jobs", "1", "--name", "seq", *common]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    def rows(run_dir: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.startswith(("time", "step_time"))} for r in load_run(run_dir).rows]
+
+    child, in_process = root / "compare-par" / "grpo-s0", root / "compare-seq" / "grpo-s0"
+    assert rows(child) == rows(in_process) and len(rows(child)) == 4
+    summary = [json.loads((d / "summary.json").read_text()) for d in (child, in_process)]
+    assert [s["eval/accuracy"] for s in summary] == [summary[1]["eval/accuracy"]] * 2
+
+
+@pytest.mark.slow
+def test_a_failed_child_stops_new_launches_lets_running_runs_finish_and_names_its_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import bridgerl.report.compare as compare
+
+    def argv(path, user, pr, compare_dir):  # sft fails at once; grpo trains for real meanwhile
+        if pr.label == "sft":
+            return [sys.executable, "-c", "import sys; print('boom: no such thing'); sys.exit(3)"]
+        return child_argv(path, user, pr, compare_dir)
+
+    monkeypatch.setattr(compare, "child_argv", argv)
+    code = _compare(["--recipes", "sft", "grpo", "bridge", "--jobs", "2", "--steps", "1", "--name", "fail", *TINY,
+                     f"model.name_or_path={_model(tmp_path)}", f"run.output_dir={tmp_path}"])
+    out = tmp_path / "compare-fail"
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"run sft-s0 failed with exit code 3 (boom: no such thing); its output is in {out / 'sft-s0.log'}" in err
+    assert not (out / "bridge-s0.log").exists() and not (out / "bridge-s0").exists()  # never launched
+    results = json.loads((out / "results.json").read_text())  # grpo, already running, finished and counts
+    assert [r["run_dir"] for r in results["runs"]] == ["grpo-s0"]
+
+
+def test_jobs_with_minutes_exits_with_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = _compare(["--recipes", "sft", "grpo", "--jobs", "2", "--minutes", "1", f"run.output_dir={tmp_path}"])
+    assert code == 2
+    assert "--jobs > 1 cannot be combined with --minutes" in capsys.readouterr().err

@@ -1,12 +1,19 @@
 """`bridgerl compare`: the paper's baselines on one task, model, data and budget, over seeds.
 
-    bridgerl compare --recipes base grpo cold-start bridge --seeds 3 --steps 200 [CONFIG.yaml] [key=value ...]
+    bridgerl compare --recipes base grpo cold-start bridge --seeds 3 --steps 200 [--jobs 2] [CONFIG.yaml] [k=v ...]
 
 Every run is `trainers.loop.train(cfg)` in this process, one after the other, into
 `<run.output_dir>/compare-<name>/<recipe>-s<seed>/`; a run whose summary.json exists is skipped,
 so an interrupted compare resumes (and a run cut off midway continues from its last checkpoint,
 resume=true, where train.save_every wrote one). Afterwards (and after every finished run) the folder holds
 results.json, report.md (table, time-to-accuracy, the paper's claims as measured here) and plots/.
+
+With --jobs N > 1 the runs still to do go to N concurrent child processes instead
+(`python -m bridgerl train` with the same overrides plus log.progress=false), each with
+OMP_NUM_THREADS = cpus // N (tiny models gain little from a second torch thread, so two 1-thread runs
+finish a multi-seed comparison sooner than one 2-thread run) and its output in `<name>-s<seed>.log`
+beside its run folder. Results are recorded in plan order either way. A failed child stops further
+launches; the running ones finish, and compare names the failed run and its log and exits non-zero.
 
 Choices, stated once:
 - "base" is `train.steps=0`: the starting model's evaluation. Greedy decoding does not depend on
@@ -19,7 +26,10 @@ Choices, stated once:
   its training time (unless baseline.sft_steps is set).
 - --reward-noise applies to every recipe that samples rewards (all but base and sft).
 - Peak memory is measured per run: the process peak RSS is reset before each run (Linux
-  /proc/self/clear_refs); without that, sequential runs would inherit each other's peaks.
+  /proc/self/clear_refs); without that, sequential runs would inherit each other's peaks. A child
+  process's peak is its own ru_maxrss, from os.wait4 (RUSAGE_CHILDREN would merge all children).
+- --jobs > 1 refuses --minutes: concurrent runs slow each other, so equal wall-clock budgets would
+  buy unequal work, and cold-start's switch step needs the same-seed sft run finished first.
 """
 
 from __future__ import annotations
@@ -27,17 +37,21 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn,
+                           TimeElapsedColumn)
 from rich.text import Text
 
 from bridgerl.config import RECIPES, Config, ConfigError, load_config, to_dict
+from bridgerl.report.jobs import Children, last_line, thread_env
 from bridgerl.report.plots import Run, group_runs, load_run, order_key, plot_runs
 from bridgerl.report.summary import EPS, claims, render_report, summarize
 
@@ -71,6 +85,11 @@ def plan_runs(ns: argparse.Namespace, base_cfg: Config) -> list[PlannedRun]:
         raise ConfigError("--seeds must be >= 1")
     if ns.minutes is not None and ns.minutes <= 0:
         raise ConfigError("--minutes must be > 0")
+    if ns.jobs < 1:
+        raise ConfigError("--jobs must be >= 1")
+    if ns.jobs > 1 and ns.minutes is not None:
+        raise ConfigError("--jobs > 1 cannot be combined with --minutes: concurrent runs slow each other (unequal "
+                          "work for equal wall-clock) and cold-start needs sft's finished run; use --steps or --jobs 1")
     if ns.minutes is not None and "cold-start" in recipes and "sft" not in recipes \
             and base_cfg.baseline.sft_steps is None:
         raise ConfigError("cold-start under --minutes needs its SFT->RL switch step: add sft to --recipes "
@@ -105,11 +124,22 @@ def plan_runs(ns: argparse.Namespace, base_cfg: Config) -> list[PlannedRun]:
     return plan
 
 
-def run_config(path: str | None, user: list[str], pr: PlannedRun, compare_dir: Path) -> Config:
+def run_overrides(user: list[str], pr: PlannedRun, compare_dir: Path) -> list[str]:
+    """One run's overrides after the config file: the user's, the plan's, then where and how it runs."""
     # resume=true only for a folder left by an interrupted run: it continues from a checkpoint if one exists
     resume = (compare_dir / pr.name).is_dir() and not (compare_dir / pr.name / "summary.json").is_file()
-    return load_config(path, [*user, *pr.overrides, f"run.output_dir={compare_dir}", f"run.name={pr.name}",
-                              f"run.seed={pr.seed}", "run.overwrite=true", f"resume={str(resume).lower()}"])
+    return [*user, *pr.overrides, f"run.output_dir={compare_dir}", f"run.name={pr.name}", f"run.seed={pr.seed}",
+            "run.overwrite=true", f"resume={str(resume).lower()}"]
+
+
+def run_config(path: str | None, user: list[str], pr: PlannedRun, compare_dir: Path) -> Config:
+    return load_config(path, run_overrides(user, pr, compare_dir))
+
+
+def child_argv(path: str | None, user: list[str], pr: PlannedRun, compare_dir: Path) -> list[str]:
+    """The `bridgerl train` command line of one run in a child process (--jobs > 1); no progress bar."""
+    return [sys.executable, "-m", "bridgerl", "train", *([path] if path else []),
+            *run_overrides(user, pr, compare_dir), "log.progress=false"]
 
 
 def cold_start_switch(sft_run_dir: Path) -> int:
@@ -183,7 +213,6 @@ def _estimate(pr: PlannedRun, durations: dict[str, list[float]], minutes: float 
 
 def run_compare(ns: argparse.Namespace) -> int:
     from bridgerl.cli import _split_config_args
-    from bridgerl.trainers.loop import train
 
     path, user = _split_config_args(ns.args or [])
     base_cfg = load_config(path, user)
@@ -195,52 +224,141 @@ def run_compare(ns: argparse.Namespace) -> int:
                       "complete, since train.steps is set far beyond what the time allows[/yellow]")
     settings = {"name": ns.name, "recipes": sorted({p.label for p in plan}, key=order_key), "seeds": ns.seeds,
                 "steps": ns.steps, "minutes": ns.minutes, "reward_noise": ns.reward_noise, "lam_sweep": ns.lam_sweep,
-                "config_file": path, "overrides": user, "task": base_cfg.task.name,
+                "jobs": ns.jobs, "config_file": path, "overrides": user, "task": base_cfg.task.name,
                 "model": base_cfg.model.name_or_path, "machine": f"{platform.machine()} {platform.processor()}".strip(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    records: list[dict[str, Any]] = []
-    durations: dict[str, list[float]] = {}
+    out = _Results(compare_dir, settings)
     t_all = time.perf_counter()
     columns = [TextColumn("[bold cyan]compare[/bold cyan] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), _EtaColumn()]
+    failed: list[tuple[PlannedRun, int]] = []  # (run, exit code) of failed child processes
     with Progress(*columns, console=console, disable=not base_cfg.log.progress) as progress:
         bar = progress.add_task("", total=len(plan))
-        for i, pr in enumerate(plan):
-            run_dir = compare_dir / pr.name
-            if pr.recipe == "cold-start" and ns.minutes is not None and base_cfg.baseline.sft_steps is None:
-                pr.overrides.append(f"baseline.sft_steps={cold_start_switch(compare_dir / f'sft-s{pr.seed}')}")
-            cfg = run_config(path, user, pr, compare_dir)
-            record = {"label": pr.label, "recipe": pr.recipe, "seed": pr.seed, "run_dir": pr.name,
-                      "overrides": [*user, *pr.overrides, f"run.seed={pr.seed}"]}
-            sidecar = run_dir / "compare.json"  # what compare measured itself (per-run peak memory)
-            if (run_dir / "summary.json").is_file():
-                stored = load_run(run_dir).config
-                if diff := config_mismatch(stored, cfg):
-                    raise ConfigError(f"{run_dir} holds a finished run with other settings ({'; '.join(diff[:3])}); "
-                                      f"use another --name or delete that folder")
-                progress.console.print(f"[{i + 1}/{len(plan)}] skipping {pr.name}: {run_dir}/summary.json exists "
-                                       "(resuming)")
-                record["skipped"] = True
-            else:
-                remaining = [_estimate(p, durations, ns.minutes) for p in plan[i:]]
-                eta = time.time() + sum(remaining) if all(r is not None for r in remaining) else None
-                progress.update(bar, description=f"{pr.label} seed {pr.seed} ({i + 1}/{len(plan)})", eta_at=eta)
-                _reset_peak_memory()
-                train(cfg)
-                sidecar.write_text(json.dumps({"peak_rss_mb_run": _vm_hwm_mb()}))
-                record["skipped"] = False
-            record["summary"] = json.loads((run_dir / "summary.json").read_text())
-            if sidecar.is_file():
-                record.update(json.loads(sidecar.read_text()))
-            durations.setdefault(pr.label, []).append(record["summary"].get("time_s", 0.0))
-            records.append(record)
-            progress.update(bar, advance=1)
-            write_outputs(compare_dir, settings, records, plots=False)
-        progress.update(bar, description=f"done ({len(plan)} runs)", eta_at=time.time())
+        if ns.jobs == 1:
+            _run_in_process(plan, path, user, ns.minutes, base_cfg.baseline.sft_steps, out, progress, bar)
+        else:
+            failed = _run_children(plan, path, user, ns.jobs, out, progress, bar)
+        progress.update(bar, description=f"stopped ({len(failed)} failed)" if failed else f"done ({len(plan)} runs)",
+                        eta_at=time.time())
+    if failed:
+        return _report_failures(failed, compare_dir)
     settings["compare_time_s"] = time.perf_counter() - t_all
-    report = write_outputs(compare_dir, settings, records)
+    report = write_outputs(compare_dir, settings, out.in_order())
     console.print(f"compare finished: {report}")
     return 0
+
+
+@dataclass
+class _Results:
+    """Records of the runs done so far, by plan index; results.json and report.md rewritten after each."""
+    compare_dir: Path
+    settings: dict[str, Any]
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    durations: dict[str, list[float]] = field(default_factory=dict)  # label -> run times, for the ETA
+
+    def add(self, i: int, pr: PlannedRun, user: list[str], skipped: bool) -> None:
+        run_dir = self.compare_dir / pr.name
+        record = {"label": pr.label, "recipe": pr.recipe, "seed": pr.seed, "run_dir": pr.name,
+                  "overrides": [*user, *pr.overrides, f"run.seed={pr.seed}"], "skipped": skipped,
+                  "summary": json.loads((run_dir / "summary.json").read_text())}
+        if (run_dir / "compare.json").is_file():
+            record.update(json.loads((run_dir / "compare.json").read_text()))
+        self.durations.setdefault(pr.label, []).append(record["summary"].get("time_s", 0.0))
+        self.records[i] = record
+        write_outputs(self.compare_dir, self.settings, self.in_order(), plots=False)
+
+    def in_order(self) -> list[dict[str, Any]]:
+        return [self.records[i] for i in sorted(self.records)]
+
+    def eta(self, todo: list[PlannedRun], minutes: float | None, jobs: int = 1) -> float | None:
+        remaining = [_estimate(p, self.durations, minutes) for p in todo]
+        return time.time() + sum(remaining) / jobs if all(r is not None for r in remaining) else None
+
+
+def _finished(run_dir: Path, cfg: Config) -> bool:
+    """True if run_dir holds a finished run of cfg; a finished run with other settings is a ConfigError."""
+    if not (run_dir / "summary.json").is_file():
+        return False
+    if diff := config_mismatch(load_run(run_dir).config, cfg):
+        raise ConfigError(f"{run_dir} holds a finished run with other settings ({'; '.join(diff[:3])}); "
+                          f"use another --name or delete that folder")
+    return True
+
+
+def _skip_line(i: int, n: int, run_dir: Path) -> str:
+    return f"[{i + 1}/{n}] skipping {run_dir.name}: {run_dir}/summary.json exists (resuming)"
+
+
+def _run_in_process(plan: list[PlannedRun], path: str | None, user: list[str], minutes: float | None,
+                    sft_steps: int | None, out: _Results, progress: Progress, bar: TaskID) -> None:
+    from bridgerl.trainers.loop import train
+
+    for i, pr in enumerate(plan):
+        run_dir = out.compare_dir / pr.name
+        if pr.recipe == "cold-start" and minutes is not None and sft_steps is None:
+            pr.overrides.append(f"baseline.sft_steps={cold_start_switch(out.compare_dir / f'sft-s{pr.seed}')}")
+        cfg = run_config(path, user, pr, out.compare_dir)
+        skipped = _finished(run_dir, cfg)
+        if skipped:
+            progress.console.print(_skip_line(i, len(plan), run_dir))
+        else:
+            progress.update(bar, description=f"{pr.label} seed {pr.seed} ({i + 1}/{len(plan)})",
+                            eta_at=out.eta(plan[i:], minutes))
+            _reset_peak_memory()
+            train(cfg)
+            # what compare measured itself (per-run peak memory)
+            (run_dir / "compare.json").write_text(json.dumps({"peak_rss_mb_run": _vm_hwm_mb()}))
+        out.add(i, pr, user, skipped)
+        progress.update(bar, advance=1)
+
+
+def _run_children(plan: list[PlannedRun], path: str | None, user: list[str], jobs: int, out: _Results,
+                  progress: Progress, bar: TaskID) -> list[tuple[PlannedRun, int]]:
+    """The runs not yet finished as up to `jobs` child processes; returns the failed ones with exit codes."""
+    todo: deque[int] = deque()
+    for i, pr in enumerate(plan):  # finished runs first: other settings stop compare before anything starts
+        run_dir = out.compare_dir / pr.name
+        if _finished(run_dir, run_config(path, user, pr, out.compare_dir)):
+            progress.console.print(_skip_line(i, len(plan), run_dir))
+            out.add(i, pr, user, skipped=True)
+            progress.update(bar, advance=1)
+        else:
+            todo.append(i)
+    pool = Children(thread_env(jobs))
+    failed: list[tuple[PlannedRun, int]] = []
+    try:
+        while todo or pool.running:
+            while todo and len(pool.running) < jobs:
+                i = todo.popleft()
+                pool.start(i, child_argv(path, user, plan[i], out.compare_dir), _log(out.compare_dir, plan[i]))
+            running = ", ".join(plan[i].name for i in pool.running)
+            status = f"waiting for {running} ({failed[0][0].name} failed)" if failed else f"running {running}"
+            progress.update(bar, description=status,
+                            eta_at=out.eta([plan[i] for i in [*pool.running, *todo]], None, jobs))
+            i, code, peak_mb = pool.wait_any()
+            if code != 0:
+                failed.append((plan[i], code))
+                todo.clear()  # launch nothing more; the running ones finish and are recorded
+                continue
+            (out.compare_dir / plan[i].name / "compare.json").write_text(json.dumps({"peak_rss_mb_run": peak_mb}))
+            out.add(i, plan[i], user, skipped=False)
+            progress.update(bar, advance=1)
+    finally:
+        pool.stop()
+    return failed
+
+
+def _report_failures(failed: list[tuple[PlannedRun, int]], compare_dir: Path) -> int:
+    """One line per failed run, naming its log; exit code 2 if the first failed on a user error (cli.py), else 1."""
+    for pr, code in failed:
+        log = _log(compare_dir, pr)
+        print(f"bridgerl compare: error: run {pr.name} failed with exit code {code} ({last_line(log)}); "
+              f"its output is in {log}", file=sys.stderr)
+    return 2 if failed[0][1] == 2 else 1
+
+
+def _log(compare_dir: Path, pr: PlannedRun) -> Path:
+    return compare_dir / f"{pr.name}.log"  # beside the run folder, which train() may recreate (run.overwrite)
 
 
 # -- outputs ------------------------------------------------------------------------------------
