@@ -11,6 +11,7 @@ from bridgerl.algos.losses import (
     PRESETS,
     aggregate,
     chord_phi_weights,
+    expert_token_stats,
     kl_penalty,
     policy_loss,
     sft_loss,
@@ -170,6 +171,27 @@ def test_chord_phi_weights_are_p_times_one_minus_p_and_detached():
     w = chord_phi_weights(logp)
     assert torch.allclose(w, torch.tensor([[0.25, 0.0, 0.09]]), atol=1e-6)
     assert not w.requires_grad
+
+
+def test_expert_token_stats_hand_computed_over_the_mask_only():
+    logp = torch.log(torch.tensor([[0.5, 0.001, 0.2], [0.005, 0.9, 0.3]]))
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    stats = expert_token_stats(logp, mask, chord_phi_weights(logp))
+    assert stats["prob_mean"].item() == pytest.approx((0.5 + 0.001 + 0.005 + 0.9) / 4)
+    assert stats["low_prob_frac"].item() == pytest.approx(0.5)  # 0.001 and 0.005 are below 0.01
+    phi = [0.25, 0.001 * 0.999, 0.005 * 0.995, 0.09]
+    assert stats["weight_mean"].item() == pytest.approx(sum(phi) / 4)
+    assert set(expert_token_stats(logp, mask)) == {"prob_mean", "low_prob_frac"}
+
+
+def test_policy_loss_reports_expert_token_reachability_only_with_off_policy_rows():
+    logp = torch.log(torch.tensor([[0.5, 0.001], [0.2, 0.2]]))
+    args = (logp, logp.clone(), torch.tensor([1.0, -1.0]), torch.ones(2, 2))
+    _, with_expert = policy_loss(*args, off_policy=torch.tensor([True, False]))
+    assert with_expert["off_policy/prob_mean"].item() == pytest.approx((0.5 + 0.001) / 2)
+    assert with_expert["off_policy/low_prob_frac"].item() == pytest.approx(0.5)
+    _, on_policy = policy_loss(*args)
+    assert not any(k.startswith("off_policy/") for k in on_policy)
 
 
 # ---------------------------------------------------------------- PRESETS

@@ -45,6 +45,12 @@ def test_recipe_runs_and_writes_config_metrics_summary_tensorboard_and_model(tmp
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     model = AutoModelForCausalLM.from_pretrained(run / "final")
     assert not any("lora" in n for n, _ in model.named_parameters())
+    # How much of the demonstrations the model can produce: the p-weighted expert terms of LUFFY and
+    # CHORD vanish on tokens it gives ~0, so these are logged wherever expert tokens are trained.
+    expert_keys = {"luffy": "off_policy/prob_mean", "chord": "sft/phi_mean", "sft": "sft/prob_mean",
+                   "mix": "sft/prob_mean", "bridge": "sft/prob_mean"}
+    if recipe in expert_keys:
+        assert all(0.0 <= r[expert_keys[recipe]] <= 1.0 for r in steps)
     if recipe == "bridge":
         assert (run / "shadow" / "model.safetensors").is_file() and (run / "adapter" / "adapter_config.json").is_file()
         assert "shadow/eval/accuracy" in summary and any("bridge/coop_gain" in r for r in rows)

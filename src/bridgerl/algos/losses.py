@@ -13,6 +13,9 @@ AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 KL_ESTIMATORS = ("k1", "k3")
 
 
+LOW_PROB = 0.01  # an expert token the model gives less than this is "out of reach" in the metrics
+
+
 def _masked(values: Tensor, mask: Tensor) -> Tensor:
     """values with masked-out entries set to an exact 0 (where, not *: inf/NaN cannot leak)."""
     return torch.where(mask.bool(), values, torch.zeros_like(values))
@@ -165,6 +168,9 @@ def policy_loss(
         metrics["clip_ratio/low_mean"] = _masked_mean(low.float(), on_mask)
         metrics["clip_ratio/high_mean"] = _masked_mean(high.float(), on_mask)
         metrics["clip_ratio/region_mean"] = _masked_mean((low | high).float(), on_mask)
+        if off_policy is not None:  # how reachable the expert tokens are: f'(p) vanishes as p -> 0
+            for k, v in expert_token_stats(logp, mask & off_tok).items():
+                metrics[f"off_policy/{k}"] = v
     return loss, metrics
 
 
@@ -190,6 +196,21 @@ def sft_loss(
     return aggregate(
         nll, mask, aggregation, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len
     )
+
+
+def expert_token_stats(logp: Tensor, mask: Tensor, weights: Tensor | None = None) -> dict[str, Tensor]:
+    """Detached means over demonstration tokens: the model's probability p of each expert token,
+    the share with p < LOW_PROB, and (if given) the mean per-token weight, e.g. CHORD's phi.
+
+    logp, mask, weights: [B, T]. p-dependent weights (p(1-p), LUFFY's p/(p+gamma)) vanish on
+    tokens the model cannot yet produce; these numbers show when that is what stalls a run.
+    """
+    mask = mask.bool()
+    p = logp.detach().exp()
+    stats = {"prob_mean": _masked_mean(p, mask), "low_prob_frac": _masked_mean((p < LOW_PROB).float(), mask)}
+    if weights is not None:
+        stats["weight_mean"] = _masked_mean(weights.detach(), mask)
+    return stats
 
 
 def chord_phi_weights(logp: Tensor) -> Tensor:

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from bridgerl.algos import (PRESETS, chord_phi_weights, group_advantages, group_stats, policy_loss, sft_loss,
-                            zero_std_group_mask)
+from bridgerl.algos import (PRESETS, chord_phi_weights, expert_token_stats, group_advantages, group_stats,
+                            policy_loss, sft_loss, zero_std_group_mask)
 from bridgerl.rollout.base import Rollout, SamplingParams
 from bridgerl.tasks.base import Example, render_prompt
 from bridgerl.trainers.batch import TokenBatch, encode_pairs, from_rollout, sequence_logprobs
@@ -170,16 +170,26 @@ def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str
     return total, logp_all, metrics
 
 
-def sft_pass(st: TrainState, batch: TokenBatch, *, scale: float = 1.0, phi: bool = False) -> float:
-    """Forward + backward of scale * L_SFT (token-mean NLL; CHORD-phi weights when phi)."""
+def sft_pass(st: TrainState, batch: TokenBatch, *, scale: float = 1.0, phi: bool = False,
+             metrics: dict[str, float] | None = None) -> float:
+    """Forward + backward of scale * L_SFT (token-mean NLL; CHORD-phi weights when phi).
+
+    metrics: if given, receives sft/prob_mean, sft/low_prob_frac (and sft/phi_mean with phi):
+    how much of the demonstration the model can already produce.
+    """
     num_tokens = st.dist.sum(batch.num_tokens)
-    total = 0.0
+    total, sums = 0.0, {}
     for chunk in batch.chunks(st.cfg.train.micro_batch_size):
         logp, _ = sequence_logprobs(st.model, chunk)
         weights = chord_phi_weights(logp) if phi else None
         loss = sft_loss(logp, chunk.completion_mask, token_weights=weights, num_tokens=num_tokens)
         (scale * loss).backward()
         total += loss.item()
+        for k, v in expert_token_stats(logp, chunk.completion_mask, weights).items():
+            sums[k] = sums.get(k, 0.0) + float(v) * chunk.num_tokens
+    if metrics is not None:
+        names = {"prob_mean": "sft/prob_mean", "low_prob_frac": "sft/low_prob_frac", "weight_mean": "sft/phi_mean"}
+        metrics.update({names[k]: v / max(1, batch.num_tokens) for k, v in sums.items()})
     return total
 
 

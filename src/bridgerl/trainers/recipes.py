@@ -25,7 +25,7 @@ def sft_step(st: TrainState) -> Metrics:
     m: Metrics = {"phase_sft": 1.0}
     batch = sft_batch(st)
     with st.timer("sft_fwd_bwd"):
-        m["loss/sft"] = sft_pass(st, batch)
+        m["loss/sft"] = sft_pass(st, batch, metrics=m)
     optimizer_step(st, ("theta",), m)
     return m
 
@@ -66,7 +66,7 @@ def mix_step(st: TrainState) -> Metrics:
     with st.timer("rl_fwd_bwd"):
         m["loss/rl"], _, pm = rl_pass(st, rb)
     with st.timer("sft_fwd_bwd"):
-        m["loss/sft"] = sft_pass(st, batch, scale=st.cfg.baseline.mix_mu)
+        m["loss/sft"] = sft_pass(st, batch, scale=st.cfg.baseline.mix_mu, metrics=m)
     m.update(pm)
     optimizer_step(st, ("theta",), m)
     return m
@@ -90,7 +90,7 @@ def chord_step(st: TrainState) -> Metrics:
     with st.timer("rl_fwd_bwd"):
         m["loss/rl"], _, pm = rl_pass(st, rb, scale=1.0 - mu)
     with st.timer("sft_fwd_bwd"):
-        m["loss/sft"] = sft_pass(st, batch, scale=mu, phi=b.chord_phi)
+        m["loss/sft"] = sft_pass(st, batch, scale=mu, phi=b.chord_phi, metrics=m)
     m.update(pm)
     optimizer_step(st, ("theta",), m)
     return m
@@ -136,7 +136,7 @@ def bridge_step(st: TrainState) -> Metrics:
     batch = sft_batch(st)
 
     with st.timer("sft_fwd_bwd"):  # pass 1, SFT term: (1 - lam) grad L_SFT(theta, w)
-        m["loss/sft"] = sft_pass(st, batch, scale=1.0 - lam)
+        m["loss/sft"] = sft_pass(st, batch, scale=1.0 - lam, metrics=m)
     with st.timer("rl_fwd_bwd"):  # pass 1, RL term: lam grad L_RL(theta, w)
         m["loss/rl"], logp_old, pm = rl_pass(st, rb, scale=lam)
     m.update(pm)
