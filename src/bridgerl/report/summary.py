@@ -255,6 +255,14 @@ def _budget(settings: dict[str, Any]) -> str:
     return " and ".join(parts) or "the config's train.steps"
 
 
+def _timing_note(jobs: int) -> str:
+    how = ("while the runs ran one after the other" if jobs == 1 else
+           f"while {jobs} runs shared the machine at a time (--jobs {jobs}, each with its share of the CPU "
+           "threads, so a run's wall time also depends on what ran beside it)")
+    return (f"Wall times are measured on this machine {how}; on a shared machine they include other processes' "
+            "load (per-phase times are in each run's metrics.jsonl as time/<phase>).")
+
+
 def render_report(settings: dict[str, Any], records: list[dict[str, Any]], rows: list[dict[str, Any]],
                   claim_list: list[tuple[str, str, list[str]]], plot_files: list[Path]) -> str:
     cuda = any(r["cuda_mb"][0] is not None for r in rows)
@@ -265,16 +273,14 @@ def render_report(settings: dict[str, Any], records: list[dict[str, Any]], rows:
              f"- reward noise: {settings.get('reward_noise') or 0}; lam sweep: {settings.get('lam_sweep') or 'none'}",
              f"- overrides: {' '.join(settings['overrides']) or 'none'}"
              + (f"; config file: {settings['config_file']}" if settings.get("config_file") else ""),
-             f"- machine: {settings['machine']}; started {settings['started']}"
+             f"- machine: {settings['machine']}; started {settings['started']}; runs at a time: {settings.get('jobs') or 1}"
              + (f"; this invocation took {settings['compare_time_s'] / 60:.1f} min" if "compare_time_s" in settings else ""),
              f"- runs finished: {len(records)}", "",
              "## Results", "",
              "Accuracy is greedy pass@1 in percent, mean ± sample std over seeds (no ± with one seed). "
              "'reach' is the wall-clock to the first evaluation at or above cold-start's mean final test "
-             "accuracy (seeds that reached it). Wall times are measured on this machine while the runs ran one "
-             "after the other; on a shared machine they include other processes' load (per-phase times are in "
-             "each run's metrics.jsonl as time/<phase>). The paper column is Qwen2.5-3B's 5-benchmark average: "
-             "another model and other benchmarks, for the order only.", "",
+             "accuracy (seeds that reached it). " + _timing_note(settings.get("jobs") or 1) + " The paper column "
+             "is Qwen2.5-3B's 5-benchmark average: another model and other benchmarks, for the order only.", "",
              f"| recipe | seeds | test acc | hard acc | start test acc | steps | wall time (s) | "
              f"peak {'GPU' if cuda else 'RSS'} (MB) | reach cold-start acc | paper avg |",
              "|---|---|---|---|---|---|---|---|---|---|"]
