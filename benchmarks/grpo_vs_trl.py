@@ -87,7 +87,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
 import platform
 import statistics
@@ -95,10 +94,10 @@ import sys
 import tempfile
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 import torch
+from _report import load_avg, write_report  # benchmarks/_report.py (the script's folder is on sys.path)
 
 from bridgerl.config import load_config
 
@@ -356,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # this comparison is CPU fp32 (bridgerl's init_distributed)
-    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_start = load_avg()
     import transformers
 
     try:
@@ -389,15 +388,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report[key] = top[key]
     report.update(results)
     report["torch_threads_at_end"] = torch.get_num_threads()
-    load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_end = load_avg()
     report["load_avg"] = {"start_1_5_15min": load_start, "end_1_5_15min": load_end}
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2)
-    out.write_text(text + "\n")
-    print(text)
-    print(f"wrote {out}", file=sys.stderr)
+    write_report(report, args.out)
     return report
 
 

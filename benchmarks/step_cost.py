@@ -73,6 +73,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _report import load_avg, write_report  # benchmarks/_report.py (the script's folder is on sys.path)
+
 RECIPES = ("grpo", "bridge")
 PAPER = {
     "time_ratio": 1.13, "memory_ratio": 1.14,
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args._worker:
         worker(args)
         return {}
-    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_start = load_avg()
     t_start = time.perf_counter()
     # Memory first, while this process is small: a child's getrusage peak includes what it inherited.
     mem = {} if args.no_memory else {mode: memory(args, raw, mode) for mode in modes(args)}
@@ -406,15 +408,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for mode, res in results.items():
         report[mode] = res
     report["load_avg"] = {"start_1_5_15min": load_start,
-                          "end_1_5_15min": os.getloadavg() if hasattr(os, "getloadavg") else None}
+                          "end_1_5_15min": load_avg()}
     report["wall_s"] = time.perf_counter() - t_start
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2)
-    out.write_text(text + "\n")
-    print(text)
-    print(f"wrote {out}", file=sys.stderr)
+    write_report(report, args.out)
     return report
 
 
