@@ -60,6 +60,7 @@ console = Console(stderr=True)
 DEFAULT_RECIPES = ("base", "sft", "grpo", "cold-start", "alternate", "mix", "luffy", "chord", "bridge")
 NO_REWARD = {"base", "sft"}  # recipes that never sample a reward (reward noise does not apply)
 WALL_CLOCK_STEPS = 1_000_000
+SIDECAR = "compare.json"  # per run: what compare measured itself (peak memory)
 
 
 @dataclass
@@ -261,8 +262,8 @@ class _Results:
         record = {"label": pr.label, "recipe": pr.recipe, "seed": pr.seed, "run_dir": pr.name,
                   "overrides": [*user, *pr.overrides, f"run.seed={pr.seed}"], "skipped": skipped,
                   "summary": json.loads((run_dir / "summary.json").read_text())}
-        if (run_dir / "compare.json").is_file():
-            record.update(json.loads((run_dir / "compare.json").read_text()))
+        if (run_dir / SIDECAR).is_file():
+            record.update(json.loads((run_dir / SIDECAR).read_text()))
         self.durations.setdefault(pr.label, []).append(record["summary"].get("time_s", 0.0))
         self.records[i] = record
         write_outputs(self.compare_dir, self.settings, self.in_order(), plots=False)
@@ -273,6 +274,11 @@ class _Results:
     def eta(self, todo: list[PlannedRun], minutes: float | None, jobs: int = 1) -> float | None:
         remaining = [_estimate(p, self.durations, minutes) for p in todo]
         return time.time() + sum(remaining) / jobs if all(r is not None for r in remaining) else None
+
+
+def _write_sidecar(run_dir: Path, peak_rss_mb: float | None) -> None:
+    """What compare measured itself about a run (its own peak memory), beside the run's outputs."""
+    (run_dir / SIDECAR).write_text(json.dumps({"peak_rss_mb_run": peak_rss_mb}))
 
 
 def _finished(run_dir: Path, cfg: Config) -> bool:
@@ -306,8 +312,7 @@ def _run_in_process(plan: list[PlannedRun], path: str | None, user: list[str], m
                             eta_at=out.eta(plan[i:], minutes))
             _reset_peak_memory()
             train(cfg)
-            # what compare measured itself (per-run peak memory)
-            (run_dir / "compare.json").write_text(json.dumps({"peak_rss_mb_run": _vm_hwm_mb()}))
+            _write_sidecar(run_dir, _vm_hwm_mb())
         out.add(i, pr, user, skipped)
         progress.update(bar, advance=1)
 
@@ -340,7 +345,7 @@ def _run_children(plan: list[PlannedRun], path: str | None, user: list[str], job
                 failed.append((plan[i], code))
                 todo.clear()  # launch nothing more; the running ones finish and are recorded
                 continue
-            (out.compare_dir / plan[i].name / "compare.json").write_text(json.dumps({"peak_rss_mb_run": peak_mb}))
+            _write_sidecar(out.compare_dir / plan[i].name, peak_mb)
             out.add(i, plan[i], user, skipped=False)
             progress.update(bar, advance=1)
     finally:

@@ -185,9 +185,10 @@ def sft_pass(st: TrainState, batch: TokenBatch, *, scale: float = 1.0, phi: bool
         loss = sft_loss(logp, chunk.completion_mask, token_weights=weights, num_tokens=num_tokens)
         (scale * loss).backward()
         total += loss.item()
-        for k, v in expert_token_stats(logp, chunk.completion_mask, weights).items():
-            sums[k] = sums.get(k, 0.0) + float(v) * chunk.num_tokens
-    if metrics is not None:
+        if metrics is not None:
+            for k, v in expert_token_stats(logp, chunk.completion_mask, weights).items():
+                sums[k] = sums.get(k, 0.0) + float(v) * chunk.num_tokens
+    if metrics is not None:  # the weights here are CHORD's phi
         names = {"prob_mean": "sft/prob_mean", "low_prob_frac": "sft/low_prob_frac", "weight_mean": "sft/phi_mean"}
         metrics.update({names[k]: v / max(1, batch.num_tokens) for k, v in sums.items()})
     return total
