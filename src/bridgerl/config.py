@@ -185,6 +185,11 @@ class TrainConfig:
     log_every: int = 1
     save_every: int = 0  # 0 = only the final model
     keep_last: int = 2
+    # Multi-process memory layout: "none" = every rank holds every weight (data parallel);
+    # "fsdp" = theta, thetahat, the reference and their optimizer states sharded over ranks
+    # (torch FSDP2, utils/sharding.py); "auto" = fsdp when accelerate was launched with an FSDP
+    # config (configs/accelerate/fsdp.yaml), else none. One process never shards.
+    sharding: str = "auto"
 
 
 @dataclass
@@ -234,6 +239,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.scheduler": ("constant", "cosine"),
     "optim.optimizer": ("adamw", "sgd"),
     "bridge.lam_schedule": ("constant", "linear"),
+    "train.sharding": ("auto", "none", "fsdp"),
 }
 
 

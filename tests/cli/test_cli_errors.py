@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -44,3 +45,11 @@ def test_dataset_file_with_a_broken_row(tmp_path):
     data.write_text('{"question": "1+1?", "answer": "2", "solution": "1+1=2. \\\\boxed{2}"}\n{"question": "2+2?", \n')
     proc = _run(tmp_path, "task.name=math", f"task.math.train_path={data}", f"task.math.test_path={data}")
     _assert_clean_failure(proc, tmp_path, "line 2")
+
+
+def test_deepspeed_launch_is_refused_not_silently_replicated(tmp_path):
+    # Under `accelerate launch` with a DeepSpeed config, accelerate sets ACCELERATE_USE_DEEPSPEED.
+    cmd = [sys.executable, "-m", "bridgerl", "train", f"run.output_dir={tmp_path / 'runs'}", "train.steps=1"]
+    env = {**os.environ, "ACCELERATE_USE_DEEPSPEED": "true"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    _assert_clean_failure(proc, tmp_path, "configs/accelerate/fsdp.yaml")

@@ -1,5 +1,7 @@
 """Exact resume: a run killed with SIGKILL (also while writing a checkpoint) and resumed with
-resume=true ends with the same metrics and the same final weights as an uninterrupted run."""
+resume=true ends with the same metrics and the same final weights as an uninterrupted run, on
+one process and on two (weights replicated, or sharded with FSDP2 through the shipped
+accelerate configs)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -44,24 +47,25 @@ def _metrics(run):
     return [{k: v for k, v in r.items() if not k.startswith(TIME_KEYS)} for r in rows]
 
 
-def _assert_same_run(a, b):
+def _assert_same_run(a, b, steps=12):
     assert _metrics(a) == _metrics(b)
     wa, wb = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
     assert wa.keys() == wb.keys()
     for k in wa:
         assert (wa[k] == wb[k]).all(), k
     sa, sb = json.loads((a / "summary.json").read_text()), json.loads((b / "summary.json").read_text())
-    assert sa["eval/accuracy"] == sb["eval/accuracy"] and sa["steps"] == sb["steps"] == 12
+    assert sa["eval/accuracy"] == sb["eval/accuracy"] and sa["steps"] == sb["steps"] == steps
 
 
 def _kill_after_checkpoint(cmd, ckpt_dir, env):
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    # A session of its own, so the kill reaches a launcher's worker processes too.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     deadline = time.time() + 240
     while not (ckpt_dir / "step-2").is_dir():
         assert proc.poll() is None, "run ended before its first checkpoint"
         assert time.time() < deadline
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (ckpt_dir.parent / "summary.json").exists(), "the run finished before it was killed"
 
@@ -88,3 +92,27 @@ def test_checkpoint_killed_mid_write_is_ignored_on_resume(tmp_path, model_dir):
     subprocess.run(_cmd(tmp_path, model_dir, "torn", "resume=true"), check=True, env=env, capture_output=True)
     assert not torn.exists()
     _assert_same_run(tmp_path / "full", tmp_path / "torn")
+
+
+@pytest.mark.parametrize("launch_config,checkpoint_file", [("ddp.yaml", "model.safetensors"), ("fsdp.yaml", "shard-1.pt")])
+def test_two_process_run_killed_and_resumed_equals_uninterrupted_run(tmp_path, model_dir, launch_config,
+                                                                     checkpoint_file):
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate CLI not installed")
+    # Every rank restores its own RNG state (each samples its own rollouts) and, sharded, its own shards.
+    config = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / launch_config
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    launch = ["accelerate", "launch", "--config_file", str(config), "--num_processes", "2",
+              "--main_process_port", "29531", "-m", "bridgerl", "train"]
+
+    def cmd(name, *extra):
+        return [*launch, *COMMON, "train.steps=6", f"model.name_or_path={model_dir}", f"run.output_dir={tmp_path}",
+                f"run.name={name}", *extra]
+
+    subprocess.run(cmd("full"), check=True, env=env, capture_output=True)
+    _kill_after_checkpoint(cmd("killed"), tmp_path / "killed" / "checkpoints", env)
+    assert (tmp_path / "killed" / "checkpoints" / "step-2" / checkpoint_file).exists()
+    subprocess.run(cmd("killed", "resume=true"), check=True, env=env, capture_output=True)
+    _assert_same_run(tmp_path / "full", tmp_path / "killed", steps=6)
+    shadow = load_file(str(tmp_path / "full" / "shadow" / "model.safetensors"))  # thetahat + w, whole
+    assert shadow.keys() == load_file(str(tmp_path / "full" / "final" / "model.safetensors")).keys()

@@ -25,7 +25,12 @@ class EvalResult:
 
 def evaluate(engine: Any, tokenizer: Any, task: Task, examples: list[Example], *, max_new_tokens: int,
              batch_size: int = 128, k: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-             progress: Any = None) -> EvalResult:
+             progress: Any = None, keep: int | None = None) -> EvalResult:
+    """Greedy pass@1 (and avg@k / pass@k for k > 1) of the engine's policy on `examples`.
+
+    keep: only the first `keep` examples count; the rest only pad a sharded run's last batch
+    (every rank must generate the same batches), and their results are dropped.
+    """
     if not examples:
         return EvalResult(0.0, {"accuracy": 0.0})
     greedy = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
@@ -55,8 +60,10 @@ def evaluate(engine: Any, tokenizer: Any, task: Task, examples: list[Example], *
             records.append(rec)
         if progress is not None:
             progress(len(chunk))
-    accuracy = sum(grades) / len(grades)
-    metrics = {"accuracy": accuracy, "mean_length": sum(lengths) / len(lengths)}
+    if keep is not None:
+        records, grades, samples, lengths = records[:keep], grades[:keep], samples[:keep], lengths[:keep]
+    accuracy = sum(grades) / max(len(grades), 1)
+    metrics = {"accuracy": accuracy, "mean_length": sum(lengths) / max(len(lengths), 1)}
     if k > 1:
         ks = sorted({1, k} | {x for x in (2, 4, 8, 16, 32) if x < k})
         summary = summarize(samples, ks=ks)

@@ -49,6 +49,10 @@ class HFEngine:
                              "static-cache decoding)")
         self.model = model
         self.tokenizer = tokenizer
+        # Sharded weights (FSDP): every rank must run the same number of forwards, so a rank
+        # whose samples all stopped keeps stepping until every rank is done (transformers'
+        # synced_gpus). Set by the trainer when it shards.
+        self.synced = False
         self.cache_implementation = cache_implementation
         self.compile = compile
         self.eos_ids = stop_token_ids(model, tokenizer)
@@ -111,6 +115,7 @@ class HFEngine:
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=sorted(self.eos_ids),
                     use_cache=True,
+                    synced_gpus=self.synced,
                     **self._cache_flags(),
                     **flags,
                 )

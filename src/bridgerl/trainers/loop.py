@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from contextlib import nullcontext
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from bridgerl.utils.checkpoint import latest_checkpoint, load_checkpoint, save_c
 from bridgerl.utils.logging import MetricLogger, NullLogger
 from bridgerl.utils.memory import peak_cuda_mb, peak_rss_mb
 from bridgerl.utils.seed import seed_everything
+from bridgerl.utils.sharding import full_tensors
 
 console = Console(stderr=True)
 
@@ -65,16 +66,38 @@ def eval_split(st: TrainState, split: str, *, limit: int | None = None, shadow: 
     cfg = st.cfg
     examples = st.task.split(split)[:limit] if limit else st.task.split(split)
     mine = st.dist.shard(examples)
+    n_mine = len(mine)
+    if st.sharded and examples:
+        # Sharded weights are gathered inside every forward, so every rank must generate the same
+        # batches: pad the shorter shards with repeats, whose results are dropped below.
+        width = -(-len(examples) // st.dist.world)
+        mine = (mine + examples[: width - n_mine]) if n_mine < width else mine
     max_new = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
-    with st.timer("eval"), (swapped(st.theta, st.shadow) if shadow else nullcontext()):
+    with st.timer("eval"), _policy(st, shadow):
         res = evaluate(st.engine, st.tokenizer, st.task, mine, max_new_tokens=max_new,
-                       batch_size=cfg.eval.batch_size, k=k, temperature=cfg.eval.temperature)
+                       batch_size=cfg.eval.batch_size, k=k, temperature=cfg.eval.temperature, keep=n_mine)
     if st.dist.world > 1:  # every metric is a mean over problems: weight by shard sizes
-        n = st.dist.sum(len(mine))
-        res.metrics = {key: st.dist.sum(v * len(mine)) / n for key, v in sorted(res.metrics.items())}
+        n = st.dist.sum(n_mine)
+        res.metrics = {key: st.dist.sum(v * n_mine) / n for key, v in sorted(res.metrics.items())}
         res.accuracy = res.metrics["accuracy"]
         res.records = [r for part in st.dist.gather(res.records) for r in part]
     return res.accuracy, res
+
+
+@contextmanager
+def _policy(st: TrainState, shadow: bool) -> Iterator[None]:
+    """Sample from theta + w, or from thetahat + w (the shadow's own module when sharded)."""
+    if not shadow:
+        yield
+    elif "shadow" in st.views:
+        engine_model, st.engine.model = st.engine.model, st.views["shadow"]
+        try:
+            yield
+        finally:
+            st.engine.model = engine_model
+    else:
+        with swapped(st.theta, st.shadow):
+            yield
 
 
 def periodic_eval(st: TrainState) -> dict[str, float]:
@@ -105,14 +128,24 @@ def final_eval(st: TrainState, run_dir: Path | None, prefix: str = "") -> dict[s
     return out
 
 
-def save_outputs(st: TrainState, run_dir: Path) -> None:
+def save_outputs(st: TrainState, run_dir: Path | None) -> None:
+    """The deployed model (theta + w merged), the adapter and the shadow (thetahat + w).
+
+    Every rank calls it; rank 0 (run_dir given) writes. Sharded weights are gathered whole first.
+    """
     cfg = st.cfg
-    save_merged(st.model, st.tokenizer, run_dir / "final")  # theta + w merged: the deployed model
+    theta, shadow = None, st.shadow
+    if st.sharded:  # state_dict, not named_parameters: tied weights (lm_head) appear under both names
+        theta = full_tensors(st.model.state_dict())
+        shadow = full_tensors(st.views["shadow"].state_dict()) if "shadow" in st.views else None
+    if run_dir is None:
+        return
+    save_merged(st.model, st.tokenizer, run_dir / "final", overrides=theta)
     if st.lora:
         save_adapter(st.model, run_dir / "adapter", targets=cfg.lora.targets, r=cfg.lora.r,
                      alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, base_model_name_or_path=cfg.model.name_or_path)
-    if st.shadow is not None:
-        save_merged(st.model, st.tokenizer, run_dir / "shadow", overrides=st.shadow)  # thetahat + w
+    if shadow is not None:
+        save_merged(st.model, st.tokenizer, run_dir / "shadow", overrides=shadow)  # thetahat + w
 
 
 def setup(cfg: Config) -> tuple[TrainState, Task]:
@@ -172,19 +205,16 @@ def train(cfg: Config) -> dict[str, Any]:
         initial = {k: v for k, v in summary.items() if k.startswith("initial/")}
 
         def checkpoint() -> None:
-            with st.timer("save"):
-                if main:
-                    save_checkpoint(st, run_dir, keep_last=cfg.train.keep_last,
-                                    extra={"time_s": time.perf_counter() - t_start, "initial": initial})
-                st.dist.barrier()
+            with st.timer("save"):  # every rank takes part (its RNG state, its shards)
+                save_checkpoint(st, run_dir, keep_last=cfg.train.keep_last,
+                                extra={"time_s": time.perf_counter() - t_start, "initial": initial})
 
         _loop(st, logger, t_start, checkpoint)
         summary.update(final_eval(st, out_dir))
         logger.log(st.step, {k.replace("shadow/eval/", "eval_shadow/"): v for k, v in summary.items()
                              if k in ("eval/accuracy", "eval_hard/accuracy", "shadow/eval/accuracy")})
-        if main:
-            with st.timer("save"):
-                save_outputs(st, run_dir)
+        with st.timer("save"):
+            save_outputs(st, out_dir)
     finally:
         logger.close()
     summary["steps"] = st.step

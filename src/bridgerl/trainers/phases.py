@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.func import functional_call
 
 from bridgerl.algos import (PRESETS, chord_phi_weights, expert_token_stats, group_advantages, group_stats,
                             policy_loss, sft_loss, zero_std_group_mask)
@@ -19,6 +17,7 @@ from bridgerl.rollout.base import Rollout, SamplingParams
 from bridgerl.tasks.base import Example, render_prompt
 from bridgerl.trainers.batch import TokenBatch, encode_pairs, from_rollout, sequence_logprobs
 from bridgerl.trainers.state import TrainState
+from bridgerl.utils.sharding import is_sharded
 
 
 @dataclass
@@ -102,21 +101,7 @@ def sft_batch(st: TrainState) -> TokenBatch:
 
 
 def _forward(st: TrainState, batch: TokenBatch, params: dict[str, torch.Tensor] | None, with_entropy: bool):
-    if params is None:
-        return sequence_logprobs(st.model, batch, with_entropy=with_entropy)
-    model = _Bound(st.model, params)
-    return sequence_logprobs(model, batch, with_entropy=with_entropy)
-
-
-class _Bound(nn.Module):
-    """The model called with some parameters replaced (thetahat, or the reference weights)."""
-
-    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.inner, self.params = model, params
-
-    def forward(self, **kwargs):
-        return functional_call(self.inner, self.params, args=(), kwargs=kwargs)
+    return sequence_logprobs(st.forward_module(params), batch, with_entropy=with_entropy)
 
 
 def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str, torch.Tensor] | None = None,
@@ -201,7 +186,7 @@ def optimizer_step(st: TrainState, groups: tuple[str, ...], metrics: dict[str, f
             params = st.group_params(g)
             st.dist.reduce_grads(params)
             norm = torch.nn.utils.clip_grad_norm_(params, st.cfg.optim.max_grad_norm)
-            metrics[f"grad_norm/{g}"] = float(norm)
+            metrics[f"grad_norm/{g}"] = float(norm.full_tensor() if is_sharded(norm) else norm)
             st.optimizers[g].step()
             st.schedulers[g].step()
             st.optimizers[g].zero_grad(set_to_none=True)

@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
-from bridgerl.config import Config
+from bridgerl.config import Config, ConfigError
 from bridgerl.models.lora import attach_lora, split_params
 from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, Example, Task, TaskError
 from bridgerl.utils.distributed import Dist
+from bridgerl.utils.sharding import copy_with_shared, shard_module, wants_fsdp
 from bridgerl.utils.timers import PhaseTimer
 
 # What each recipe needs beyond the base weights theta.
@@ -73,6 +75,19 @@ class TrainState:
     dist: Dist = field(default_factory=Dist)
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     step: int = 0
+    # Sharded runs (utils/sharding.py): thetahat and the reference are modules of their own,
+    # whose parameters are the `shadow` / `ref` dicts above.
+    views: dict[str, nn.Module] = field(default_factory=dict)
+    sharded: bool = False
+
+    def forward_module(self, params: dict[str, torch.Tensor] | None) -> nn.Module:
+        """The module that computes pi with `params` (None: theta + w; the shadow or ref dicts)."""
+        if params is None:
+            return self.model
+        for name, module in self.views.items():
+            if params is {"shadow": self.shadow, "ref": self.ref}[name]:
+                return module
+        return _Bound(self.model, params)
 
     @property
     def device(self) -> torch.device:
@@ -80,6 +95,17 @@ class TrainState:
 
     def group_params(self, group: str) -> list[nn.Parameter]:
         return list({"theta": self.theta, "lora": self.lora, "shadow": self.shadow or {}}[group].values())
+
+
+class _Bound(nn.Module):
+    """The model called with some parameters replaced (thetahat, or the reference weights)."""
+
+    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.inner, self.params = model, params
+
+    def forward(self, **kwargs):
+        return functional_call(self.inner, self.params, args=(), kwargs=kwargs)
 
 
 def _schedule(cfg: Config, total: int):
@@ -124,15 +150,23 @@ def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engin
     if cfg.recipe in USES_LORA:
         attach_lora(model, cfg.lora.targets, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     model.train()
+    dist.broadcast_([*model.parameters(), *model.buffers()])  # one model on every rank, w's random A included
     theta, lora = split_params(model)
-    shadow = None
-    if cfg.recipe == "bridge" and cfg.bridge.meta:
-        # Decision 3 (method.md): thetahat is initialised from theta once, then trained by RL only.
-        shadow = {n: nn.Parameter(p.detach().clone()) for n, p in theta.items()}
-    ref = None
-    if cfg.loss.kl_coef > 0:
-        ref = {n: p.detach().clone() for n, p in theta.items()}
-        ref.update({n: torch.zeros_like(p) for n, p in lora.items() if ".lora_B." in n})  # w = 0 at start
+    wants_shadow = cfg.recipe == "bridge" and cfg.bridge.meta
+    views: dict[str, nn.Module] = {}
+    sharded = wants_fsdp(cfg.train.sharding, dist.world)
+    if sharded:
+        shadow, ref, views = _shard(cfg, model, lora, wants_shadow)
+        theta, lora = split_params(model)  # sharding replaced the parameter objects
+    else:
+        shadow = None
+        if wants_shadow:
+            # Decision 3 (method.md): thetahat is initialised from theta once, then trained by RL only.
+            shadow = {n: nn.Parameter(p.detach().clone()) for n, p in theta.items()}
+        ref = None
+        if cfg.loss.kl_coef > 0:
+            ref = {n: p.detach().clone() for n, p in theta.items()}
+            ref.update({n: torch.zeros_like(p) for n, p in lora.items() if ".lora_B." in n})  # w = 0 at start
 
     optimizers = {"theta": _optimizer(list(theta.values()), cfg.optim.lr, cfg)}
     if lora:
@@ -145,11 +179,42 @@ def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engin
 
     rl, sft = task.split(RL_TRAIN), task.split(SFT_TRAIN)
     seed = cfg.run.seed
-    return TrainState(
+    st = TrainState(
         cfg=cfg, task=task, model=model, tokenizer=tokenizer, engine=engine,
         theta=theta, lora=lora, shadow=shadow, ref=ref, optimizers=optimizers, schedulers=schedulers,
         rl_examples=rl, sft_examples=sft,
         rl_sampler=Sampler(len(rl), seed) if rl else None,
         sft_sampler=Sampler(len(sft), seed + 1) if sft else None,
-        dist=dist,
+        dist=dist, views=views, sharded=sharded,
     )
+    if sharded and hasattr(engine, "synced"):
+        engine.synced = True
+    return st
+
+
+def _shard(cfg: Config, model: nn.Module, lora: dict[str, nn.Parameter], wants_shadow: bool
+           ) -> tuple[dict[str, nn.Parameter] | None, dict[str, nn.Parameter] | None, dict[str, nn.Module]]:
+    """FSDP2 layout: thetahat and the reference become modules (copies made before sharding),
+    w stays unsharded and shared by the model and the shadow module (utils/sharding.py)."""
+    if cfg.rollout.engine != "hf":
+        raise ConfigError("train.sharding=fsdp supports rollout.engine=hf only (the vLLM weight push needs "
+                          "whole weights); use rollout.engine=hf, or train.sharding=none with vLLM")
+    views: dict[str, nn.Module] = {}
+    if wants_shadow:
+        views["shadow"] = copy_with_shared(model, lora, trainable=True)
+    if cfg.loss.kl_coef > 0:
+        ref_module = copy_with_shared(model, {}, trainable=False)
+        with torch.no_grad():  # the reference is the starting model: w = 0
+            for n, p in ref_module.named_parameters():
+                if ".lora_B." in n:
+                    p.zero_()
+        views["ref"] = ref_module
+    ignored = set(lora.values())
+    for module in (model, *views.values()):
+        shard_module(module, ignored)
+    shadow = ref = None
+    if "shadow" in views:
+        shadow = {n: p for n, p in views["shadow"].named_parameters() if n not in lora}
+    if "ref" in views:
+        ref = dict(views["ref"].named_parameters())
+    return shadow, ref, views

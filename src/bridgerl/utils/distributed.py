@@ -52,7 +52,11 @@ class Dist:
         return {**metrics, **{k: float(v) / self.world for k, v in zip(keys, t.tolist())}}
 
     def reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """Sum .grad over ranks, in one flat bucket (a missing grad counts as zero)."""
+        """Sum .grad over ranks, in one flat bucket (a missing grad counts as zero). Sharded
+        parameters are skipped: FSDP has already reduce-scattered their gradients as sums."""
+        from torch.distributed.tensor import DTensor
+
+        params = [p for p in params if not isinstance(p, DTensor)]
         if self.world == 1 or not params:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -63,6 +67,21 @@ class Dist:
             n = p.numel()
             p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
+
+    def broadcast_(self, tensors: list[torch.Tensor]) -> None:
+        """Give every rank rank 0's values, in place (as DDP does with a module at construction).
+
+        Ranks are seeded differently (they sample different rollouts), so anything initialised at
+        random after seeding, such as the LoRA matrices A, would otherwise differ between ranks.
+        """
+        if self.world == 1:
+            return
+        with torch.no_grad():
+            for t in tensors:
+                buf = t.detach().to(self._comm_device)
+                dist.broadcast(buf, src=0)
+                if buf.data_ptr() != t.data_ptr():
+                    t.copy_(buf)
 
     def gather(self, obj: Any) -> list[Any]:
         if self.world == 1:
@@ -83,6 +102,12 @@ class Dist:
 def init_distributed() -> Dist:
     """One process: a plain Dist. Under a launcher that starts several (WORLD_SIZE > 1):
     accelerate's process state (gloo on CPU, NCCL on GPU)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes"):
+        from bridgerl.config import ConfigError
+
+        raise ConfigError("bridgerl does not run under DeepSpeed (a BRIDGE step combines w's gradient between two "
+                          "backward passes and steps three optimizers, which DeepSpeed's engine owns); for "
+                          "ZeRO-3-style sharding launch with configs/accelerate/fsdp.yaml instead")
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
