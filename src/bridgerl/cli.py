@@ -44,7 +44,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     summary = train(cfg)
     keys = [k for k in ("initial/eval/accuracy", "eval/accuracy", "initial/eval_hard/accuracy", "eval_hard/accuracy",
-                        "shadow/eval/accuracy", "time_s", "peak_rss_mb", "status") if k in summary]
+                        "shadow/eval/accuracy", "time_s", "peak_rss_mb", "state_mb", "status") if k in summary]
     if int(os.environ.get("RANK", "0")) == 0:  # one summary per run, not one per process
         print(json.dumps({k: summary[k] for k in keys}, indent=2))
     return 0

@@ -29,7 +29,7 @@ from bridgerl.trainers.state import TrainState, build_state
 from bridgerl.utils.distributed import init_distributed
 from bridgerl.utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from bridgerl.utils.logging import MetricLogger, NullLogger
-from bridgerl.utils.memory import peak_cuda_mb, peak_rss_mb
+from bridgerl.utils.memory import held_mb, peak_cuda_mb, peak_rss_mb
 from bridgerl.utils.seed import seed_everything
 from bridgerl.utils.sharding import full_tensors
 
@@ -220,6 +220,8 @@ def train(cfg: Config) -> dict[str, Any]:
     summary["steps"] = st.step
     summary["time_s"] = time.perf_counter() - t_start
     summary["peak_rss_mb"] = peak_rss_mb()
+    held = [*st.model.parameters(), *(st.shadow or {}).values(), *(st.ref or {}).values()]
+    summary["state_mb"] = held_mb(held, st.optimizers.values())
     if (cuda := peak_cuda_mb()) is not None:
         summary["peak_cuda_mb"] = cuda
     summary["status"] = _status(st, summary)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from collections.abc import Iterable
 
 import torch
 
@@ -17,3 +18,23 @@ def peak_cuda_mb() -> float | None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**20
     return None
+
+
+def held_mb(tensors: Iterable[torch.Tensor], optimizers: Iterable[torch.optim.Optimizer]) -> float:
+    """MiB of weights (with their gradients) and optimizer states this process holds, counting
+    only its shards when sharded: the training state that data parallelism replicates on every
+    rank and FSDP divides by the ranks. A tensor listed twice (tied, shared) counts once."""
+    def nbytes(t: torch.Tensor) -> int:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        return local.nelement() * local.element_size()
+
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += nbytes(t) + (nbytes(t.grad) if t.grad is not None else 0)
+    for opt in optimizers:
+        for state in opt.state.values():
+            total += sum(nbytes(v) for v in state.values() if isinstance(v, torch.Tensor))
+    return total / 2**20
