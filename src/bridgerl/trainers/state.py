@@ -84,9 +84,10 @@ class TrainState:
         """The module that computes pi with `params` (None: theta + w; the shadow or ref dicts)."""
         if params is None:
             return self.model
-        for name, module in self.views.items():
-            if params is {"shadow": self.shadow, "ref": self.ref}[name]:
-                return module
+        if params is self.shadow and "shadow" in self.views:
+            return self.views["shadow"]
+        if params is self.ref and "ref" in self.views:
+            return self.views["ref"]
         return _Bound(self.model, params)
 
     @property
