@@ -14,6 +14,7 @@ import torch
 
 from bridgerl.models.lora import merge_cache
 from bridgerl.rollout.base import Rollout, SamplingParams
+from bridgerl.utils.sharding import gathered
 
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 
@@ -49,9 +50,10 @@ class HFEngine:
                              "static-cache decoding)")
         self.model = model
         self.tokenizer = tokenizer
-        # Sharded weights (FSDP): every rank must run the same number of forwards, so a rank
-        # whose samples all stopped keeps stepping until every rank is done (transformers'
-        # synced_gpus). Set by the trainer when it shards.
+        # Sharded weights (FSDP): each generate call gathers the weights once (`gathered`), and
+        # every rank must run the same number of forwards, so a rank whose samples all stopped
+        # keeps stepping until every rank is done (transformers' synced_gpus). Set by the
+        # trainer when it shards.
         self.synced = False
         self.cache_implementation = cache_implementation
         self.compile = compile
@@ -106,7 +108,7 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with merge_cache(self.model):
+            with merge_cache(self.model), gathered(self.model):
                 out = self.model.generate(
                     input_ids=prompt_ids,
                     attention_mask=prompt_mask,

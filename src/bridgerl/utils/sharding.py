@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -79,6 +81,30 @@ def shard_module(module: nn.Module, ignored: set[nn.Parameter]) -> None:
         if hasattr(sub, "set_gradient_divide_factor"):
             sub.set_gradient_divide_factor(1.0)
             sub.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo (CPU) has no PREMUL_SUM
+
+
+@contextmanager
+def gathered(model: nn.Module) -> Iterator[None]:
+    """Within the block, a sharded module keeps each layer's weights whole after its first forward
+    (torch's documented switch for evaluation: reshard_after_forward=False), so generation
+    all-gathers once per call instead of once per decoded token; afterwards the layers go back to
+    resharding after forward (the root never does, as FSDP2 sets it) and free the whole weights.
+    A module that is not sharded passes through unchanged."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.set_reshard_after_forward(False)  # recursive: every sharded layer
+    try:
+        yield
+    finally:
+        reshard = reshard_after_forward()
+        for sub in model.modules():
+            if isinstance(sub, FSDPModule):
+                if sub is not model:
+                    sub.set_reshard_after_forward(reshard, recurse=False)
+                sub.reshard()
 
 
 def copy_with_shared(model: nn.Module, shared: dict[str, nn.Parameter], *, trainable: bool) -> nn.Module:
