@@ -68,7 +68,7 @@ def eval_split(st: TrainState, split: str, *, limit: int | None = None, shadow: 
     mine = st.dist.shard(examples)
     n_mine = len(mine)
     if st.sharded and examples:
-        # Sharded weights are gathered inside every forward, so every rank must generate the same
+        # Sharded weights are gathered by all ranks together, so every rank must generate the same
         # batches: pad the shorter shards with repeats, whose results are dropped below.
         width = -(-len(examples) // st.dist.world)
         mine = (mine + examples[: width - n_mine]) if n_mine < width else mine
