@@ -71,7 +71,7 @@ def eval_split(st: TrainState, split: str, *, limit: int | None = None, shadow: 
         # Sharded weights are gathered by all ranks together, so every rank must generate the same
         # batches: pad the shorter shards with repeats, whose results are dropped below.
         width = -(-len(examples) // st.dist.world)
-        mine = (mine + examples[: width - n_mine]) if n_mine < width else mine
+        mine = mine + examples[: width - n_mine]
     max_new = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
     with st.timer("eval"), _policy(st, shadow):
         res = evaluate(st.engine, st.tokenizer, st.task, mine, max_new_tokens=max_new,

@@ -99,16 +99,21 @@ class Dist:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def env_flag(name: str) -> bool:
+    """Whether a launcher's boolean environment variable (e.g. accelerate's ACCELERATE_USE_CPU) is set."""
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
 def init_distributed() -> Dist:
     """One process: a plain Dist. Under a launcher that starts several (WORLD_SIZE > 1):
     accelerate's process state (gloo on CPU, NCCL on GPU)."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes"):
+    if env_flag("ACCELERATE_USE_DEEPSPEED"):
         from bridgerl.config import ConfigError
 
         raise ConfigError("bridgerl does not run under DeepSpeed (a BRIDGE step combines w's gradient between two "
                           "backward passes and steps three optimizers, which DeepSpeed's engine owns); for "
                           "ZeRO-3-style sharding launch with configs/accelerate/fsdp.yaml instead")
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    use_cpu = env_flag("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 

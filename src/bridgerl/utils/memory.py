@@ -8,6 +8,8 @@ from collections.abc import Iterable
 
 import torch
 
+from bridgerl.utils.sharding import local_tensor
+
 
 def peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -25,7 +27,7 @@ def held_mb(tensors: Iterable[torch.Tensor], optimizers: Iterable[torch.optim.Op
     only its shards when sharded: the training state that data parallelism replicates on every
     rank and FSDP divides by the ranks. A tensor listed twice (tied, shared) counts once."""
     def nbytes(t: torch.Tensor) -> int:
-        local = t.to_local() if hasattr(t, "to_local") else t
+        local = local_tensor(t)
         return local.nelement() * local.element_size()
 
     seen: set[int] = set()

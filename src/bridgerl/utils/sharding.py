@@ -32,13 +32,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from bridgerl.utils.distributed import env_flag
+
+
 def wants_fsdp(mode: str, world: int) -> bool:
     """Whether to shard: "fsdp" always (with >1 process), "auto" when accelerate was launched with FSDP."""
     if world <= 1 or mode == "none":
         return False
     if mode == "fsdp":
         return True
-    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
+    return env_flag("ACCELERATE_USE_FSDP")
 
 
 def is_sharded(t: torch.Tensor) -> bool:
