@@ -187,8 +187,9 @@ def train(cfg: Config) -> dict[str, Any]:
         extra = load_checkpoint(st, ckpt)
         t_start -= extra["time_s"]  # wall time continues from the checkpoint
         summary.update(extra["initial"])
-        _truncate_metrics(run_dir, st.step)
-        console.print(f"resumed from {ckpt} at step {st.step}")
+        if main:  # one writer: two ranks rewriting the file at once can lose its rows
+            _truncate_metrics(run_dir, st.step)
+            console.print(f"resumed from {ckpt} at step {st.step}")
     elif main:
         run_dir = prepare_run_dir(cfg)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
