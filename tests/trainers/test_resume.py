@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from safetensors.torch import load_file
 
@@ -58,15 +59,23 @@ def _assert_same_run(a, b, steps=12):
 
 
 def _kill_after_checkpoint(cmd, ckpt_dir, env):
-    # A session of its own, so the kill reaches a launcher's worker processes too.
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
     while not (ckpt_dir / "step-2").is_dir():
         assert proc.poll() is None, "run ended before its first checkpoint"
         assert time.time() < deadline
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # A launcher's workers live in process groups of their own (torch elastic), so a kill of the
+    # launcher alone leaves them training: kill every process of the run at once.
+    launcher = psutil.Process(proc.pid)
+    run = [*launcher.children(recursive=True), launcher]
+    for p in run:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
     proc.wait()
+    assert not psutil.wait_procs(run, timeout=30)[1], "a process of the killed run survived"
     assert not (ckpt_dir.parent / "summary.json").exists(), "the run finished before it was killed"
 
 
