@@ -50,6 +50,19 @@ def test_missing_and_malformed_files_are_errors(tmp_path):
         load_config(bad)
 
 
+def test_theta_rate_is_the_recipes_testbed_rate_unless_set(tmp_path):
+    from bridgerl.config import RECIPE_LR, RECIPES
+
+    assert set(RECIPE_LR) == set(RECIPES)
+    for recipe in RECIPES:
+        assert load_config(None, [f"recipe={recipe}"]).optim.lr == RECIPE_LR[recipe]
+        assert load_config(None, [f"recipe={recipe}", "optim.lr=2e-4"]).optim.lr == 2e-4
+    path = tmp_path / "lr.yaml"
+    path.write_text("recipe: grpo\noptim:\n  lr: 7.0e-5\n")
+    assert load_config(path).optim.lr == 7e-5
+    assert load_config(path, ["optim.lr=null"]).optim.lr == RECIPE_LR["grpo"]
+
+
 def test_dumped_config_loads_back_to_the_same_values(tmp_path):
     cfg = load_config(None, ["recipe=chord", "optim.lr=2e-4"])
     path = tmp_path / "round.yaml"

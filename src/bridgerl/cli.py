@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="default")
     p.add_argument("--reward-noise", type=float, default=None, help="flip each reward with this probability")
     p.add_argument("--lam-sweep", nargs="*", type=float, default=None, help="bridge.lam values to sweep")
+    p.add_argument("--lr-sweep", nargs="+", type=float, default=None,
+                   help="run every recipe at each of these optim.lr values and pick each recipe's rate by its "
+                        "final accuracy on the task's val split (never test)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each a child process with cpus/JOBS torch threads and its output in "
                         "<run>.log (default 1: one after the other, in this process; not with --minutes)")

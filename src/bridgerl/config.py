@@ -22,6 +22,14 @@ class ConfigError(ValueError):
 
 RECIPES = ("sft", "grpo", "cold-start", "bridge", "alternate", "mix", "luffy", "chord")
 
+# theta's learning rate per recipe on the embedded testbed, where optim.lr is not set (as TRL's
+# SFTConfig and GRPOConfig have their own defaults). Each is the rate of the grid 1e-3 / 3e-4 /
+# 1e-4 with the best final accuracy on the val split (never test), chosen by
+# `bridgerl compare --lr-sweep 1e-3 3e-4 1e-4`; the sweep is in docs/results.md. Real models set
+# optim.lr themselves (configs/paper/: the paper's 5e-7 for every method).
+RECIPE_LR = {"sft": 1e-3, "grpo": 1e-3, "cold-start": 1e-3, "bridge": 1e-3, "alternate": 1e-3, "mix": 1e-3,
+             "luffy": 1e-3, "chord": 1e-3}
+
 
 @dataclass
 class RunConfig:
@@ -60,6 +68,7 @@ class ArithConfig:
     n_sft_train: int = 4000
     n_test: int = 200
     n_test_hard: int = 200
+    n_val: int = 200  # validation split: like test, disjoint from every other split (lr selection)
     seed: int = 1234  # the data seed (independent of run.seed, so every run sees the same problems)
 
 
@@ -70,6 +79,7 @@ class MathTaskConfig:
     train_path: str | None = None  # RL + SFT training file (or hub id); SFT needs a solution column
     test_path: str | None = None  # in-distribution test file (or hub id)
     hard_path: str | None = None  # harder test file (or hub id)
+    val_path: str | None = None  # validation file (or hub id), for choosing hyperparameters
     hub_split: str = "train"  # hub split of train_path (test/hard: "test"); any id may end in @split
     question_field: str | None = None  # None = auto-detect (problem, question, ...)
     answer_field: str | None = None  # None = auto-detect (answer, final_answer, #### line, boxed)
@@ -131,7 +141,9 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     # Defaults are the embedded testbed's (0.5M parameters); configs/paper/ holds the paper's.
-    lr: float = 1e-3  # alpha: theta (full base weights), every recipe; the paper: 5e-7 for 3B-8B models
+    # alpha: theta (full base weights); None = the recipe's testbed rate, RECIPE_LR (the paper: 5e-7
+    # for every method on 3B-8B models)
+    lr: float | None = None
     lora_lr: float = 1e-3  # beta: the LoRA w. Paper silent; 10x alpha on real models (docs/decisions.md)
     # thetahat's rate; None = lr (the paper's single alpha). 1e-4 on the testbed: at 1e-3 pure RL on
     # theta's rollouts collapsed the shadow to 0% within 40 steps (docs/decisions.md)
@@ -373,6 +385,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply(cfg, data)
     if overrides:
         _apply(cfg, _dotted_to_nested(overrides))
+    if cfg.optim.lr is None and cfg.recipe in RECIPE_LR:
+        cfg.optim.lr = RECIPE_LR[cfg.recipe]
     validate(cfg)
     return cfg
 

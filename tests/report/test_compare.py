@@ -14,15 +14,15 @@ import yaml
 from bridgerl.config import ConfigError, load_config
 from bridgerl.report.compare import child_argv, config_mismatch, plan_runs, run_config, write_outputs
 from bridgerl.report.plots import load_run
-from bridgerl.report.summary import (largest_drop, mean_std, pct, stage_dip, summarize, switch_step, time_to_reach,
-                                     versus)
+from bridgerl.report.summary import (largest_drop, lr_selection, mean_std, pct, stage_dip, summarize, switch_step,
+                                     time_to_reach, versus)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def ns(**kw) -> argparse.Namespace:
-    base = dict(recipes=None, seeds=1, steps=None, minutes=None, name="t", reward_noise=None, lam_sweep=None, jobs=1,
-                args=[])
+    base = dict(recipes=None, seeds=1, steps=None, minutes=None, name="t", reward_noise=None, lam_sweep=None,
+                lr_sweep=None, jobs=1, args=[])
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -166,6 +166,48 @@ def test_reward_noise_and_lam_sweep_only_where_they_apply() -> None:
     assert {"recipe=bridge", "bridge.lam=0.3", "rollout.reward_noise=0.2"} <= set(by["bridge-lam0.3-s0"].overrides)
 
 
+def test_lr_sweep_runs_every_recipe_at_every_rate_and_base_once() -> None:
+    plan = plan_runs(ns(recipes=["base", "sft", "grpo"], lr_sweep=[1e-3, 1e-4], seeds=2, reward_noise=0.1),
+                     load_config())
+    by = {p.name: p for p in plan}
+    assert sorted(by) == sorted(["base-s0", *(f"{r}-lr{lr}-s{s}" for r in ("sft", "grpo") for lr in ("0.001", "0.0001")
+                                              for s in (0, 1))])
+    assert "optim.lr=0.0001" in by["grpo-lr0.0001-s1"].overrides and "recipe=grpo" in by["grpo-lr0.0001-s1"].overrides
+    assert "rollout.reward_noise=0.1" in by["grpo-lr0.001-s0"].overrides
+    assert not any(o.startswith(("optim.lr", "rollout.reward_noise")) for o in by["sft-lr0.001-s0"].overrides[:-1])
+    assert not any(o.startswith("optim.lr") for o in by["base-s0"].overrides)
+
+
+def test_lr_sweep_user_errors() -> None:
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        plan_runs(ns(lr_sweep=[1e-3], lam_sweep=[0.3]), load_config())
+    with pytest.raises(ConfigError, match="must be > 0"):
+        plan_runs(ns(lr_sweep=[1e-3, 0.0]), load_config())
+    with pytest.raises(ConfigError, match="has none"):
+        plan_runs(ns(lr_sweep=[1e-3]), load_config(None, ["task.arith.n_val=0"]))
+
+
+def test_lr_selection_chooses_on_val_mean_over_seeds_never_on_test(tmp_path: Path) -> None:
+    recs = []
+    # recipe a: val prefers 1e-4 on the seed mean (0.30 vs 0.25) although test prefers 1e-3
+    for lr, seed, val, test in [(1e-3, 0, 0.40, 0.9), (1e-3, 1, 0.10, 0.9), (1e-4, 0, 0.30, 0.1),
+                                (1e-4, 1, 0.30, 0.1), (1e-4, 2, None, 0.1)]:
+        d = write_run(tmp_path, f"a-lr{lr:g}-s{seed}", "a", {0: 0.1}, test)
+        recs.append({**record(d, f"a-lr{lr:g}", "a", seed), "lr": lr, "val_accuracy": val})
+    # recipe b: a tie goes to the rate named first
+    for lr in (1e-3, 1e-4):
+        d = write_run(tmp_path, f"b-lr{lr:g}-s0", "b", {0: 0.1}, 0.5)
+        recs.append({**record(d, f"b-lr{lr:g}", "b", 0), "lr": lr, "val_accuracy": 0.2})
+    base = write_run(tmp_path, "base-s0", "sft", {0: 0.1}, 0.1, steps=0)
+    recs.append({**record(base, "base", "sft", 0), "val_accuracy": 0.15})  # no "lr": never a candidate
+    sel = lr_selection(recs, [1e-4, 1e-3])
+    assert set(sel) == {"a", "b"}
+    assert sel["a"]["val"] == pytest.approx({1e-3: 0.25, 1e-4: 0.30}) and sel["a"]["chosen"] == 1e-4
+    assert sel["a"]["test"] == pytest.approx({1e-3: 0.9, 1e-4: 0.1})
+    assert sel["b"]["chosen"] == 1e-4  # first in [1e-4, 1e-3]
+    assert lr_selection(recs, [1e-3, 1e-4])["b"]["chosen"] == 1e-3
+
+
 def test_wall_clock_budget_sets_max_minutes_and_many_steps() -> None:
     plan = plan_runs(ns(recipes=["grpo", "sft", "cold-start"], minutes=2.0), load_config())
     assert [p.label for p in plan] == ["sft", "grpo", "cold-start"]  # sft first: cold-start's switch uses it
@@ -283,6 +325,35 @@ def test_compare_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):  # a second call resumes: both runs are skipped
         main(argv)
     assert "skipping grpo-s0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lr_sweep_end_to_end_scores_each_final_model_on_val(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bridgerl.cli import main
+
+    argv = ["compare", "--recipes", "base", "grpo", "--lr-sweep", "1e-3", "1e-4", "--steps", "1", "--name", "lr",
+            *TINY, "task.arith.n_val=16", f"model.name_or_path={_model(tmp_path)}", f"run.output_dir={tmp_path}"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    out = tmp_path / "compare-lr"
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["run_dir"]: r for r in results["runs"]}
+    assert sorted(runs) == ["base-s0", "grpo-lr0.0001-s0", "grpo-lr0.001-s0"]
+    assert runs["grpo-lr0.0001-s0"]["lr"] == 1e-4 and "lr" not in runs["base-s0"]
+    # the val score is the final model's greedy accuracy on val, as `bridgerl eval --split val` gives it
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["eval", str(out / "base-s0" / "final"), "task.arith.n_val=16",
+              *[a for a in TINY if a.startswith("task.")], "--split", "val"])
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert printed, captured.err
+    assert runs["base-s0"]["val_accuracy"] > 0  # the shipped base answers some val problems
+    assert f"pass@1 = {runs['base-s0']['val_accuracy']:.4f}" in printed
+    best = max((1e-3, 1e-4), key=lambda lr: runs[f"grpo-lr{lr:g}-s0"]["val_accuracy"])
+    assert results["lr_selection"] == {"grpo": best}
+    assert "## Learning-rate selection" in (out / "report.md").read_text()
 
 
 def _compare(argv: list[str]) -> int:

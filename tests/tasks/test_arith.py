@@ -8,7 +8,7 @@ import pytest
 
 from bridgerl.config import ArithConfig
 from bridgerl.tasks.arith import ArithTask, evaluate, format_chain, parse_final_answer
-from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, SPLITS, TEST, TEST_HARD, Example, TaskError
+from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, SPLITS, TEST, TEST_HARD, VAL, Example, TaskError
 
 SMALL = dict(n_rl_train=300, n_sft_train=300, n_test=100, n_test_hard=100)
 
@@ -50,6 +50,25 @@ def test_test_splits_are_disjoint_from_both_train_splits(task):
     hard = [e.question for e in task.split(TEST_HARD)]
     assert not train & set(test) and not train & set(hard)
     assert len(set(test)) == len(test) and len(set(hard)) == len(hard)
+
+
+def test_val_split_is_distinct_problems_like_test_in_no_other_split(task):
+    val = [e.question for e in task.split(VAL)]
+    assert len(val) == task.config.n_val == len(set(val))
+    others = {e.question for s in (RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD) for e in task.split(s)}
+    assert not others & set(val)
+    assert {e.meta["operands"] for e in task.split(VAL)} == set(task.config.train_operands)
+
+
+def test_val_is_drawn_last_so_its_size_changes_no_other_split():
+    a, b = ArithTask(small(n_val=0)), ArithTask(small(n_val=50))
+    assert len(a.split(VAL)) == 0 and len(b.split(VAL)) == 50
+    for s in (RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD):
+        assert a.split(s) == b.split(s)
+    # a space with fewer unused problems than n_val gives what is left instead of failing
+    tiny = ArithTask(ArithConfig(train_operands=[2], hard_operands=[3], n_test=20, n_test_hard=20, n_rl_train=50,
+                                 n_sft_train=50, n_val=200))
+    assert 0 < len(tiny.split(VAL)) < 200
 
 
 def test_test_has_training_operand_counts_and_hard_split_has_more(task):

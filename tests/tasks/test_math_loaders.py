@@ -10,7 +10,7 @@ import pytest
 
 from bridgerl.config import MathTaskConfig, TaskConfig
 from bridgerl.tasks import TASKS, build_task
-from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, TaskError
+from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, VAL, TaskError
 from bridgerl.tasks.math import BENCHMARKS, PROMPT_SUFFIX, MathTask, benchmark_task, clean_answer, gsm8k_solution
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -173,6 +173,9 @@ def test_json_array_files_and_limit(tmp_path: Path) -> None:
     task = MathTask(MathTaskConfig(train_path=str(path), test_path=str(path), limit=3))
     assert [e.answer for e in task.split(RL_TRAIN)] == ["0", "1", "2"]
     assert task.split(SFT_TRAIN) == []  # no solution column
+    assert task.split(VAL) == []  # no val_path: no val split
+    val = MathTask(MathTaskConfig(test_path=str(path), val_path=str(path), limit=2)).split(VAL)
+    assert [(e.question, e.answer) for e in val] == [("q0", "0"), ("q1", "1")]
 
 
 def test_parquet_loading(tmp_path: Path) -> None:

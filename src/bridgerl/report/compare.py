@@ -28,6 +28,11 @@ Choices, stated once:
 - Peak memory is measured per run: the process peak RSS is reset before each run (Linux
   /proc/self/clear_refs); without that, sequential runs would inherit each other's peaks. A child
   process's peak is its own ru_maxrss, from os.wait4 (RUSAGE_CHILDREN would merge all children).
+- --lr-sweep X Y ... runs every recipe at each optim.lr (groups `<recipe>-lr<X>`) and chooses each
+  recipe's rate by the mean over seeds of its final model's greedy accuracy on the task's `val`
+  split (evaluated here, once per run, cached in the run's compare.json; ties go to the rate named
+  first). Test accuracy is reported beside it but never used to choose. The chosen rates are in
+  results.json ("lr_selection") and the report; `config.RECIPE_LR` holds the testbed's.
 - --jobs > 1 refuses --minutes: concurrent runs slow each other, so equal wall-clock budgets would
   buy unequal work, and cold-start's switch step needs the same-seed sft run finished first.
 """
@@ -53,7 +58,9 @@ from rich.text import Text
 from bridgerl.config import RECIPES, Config, ConfigError, load_config, to_dict
 from bridgerl.report.jobs import Children, last_line, thread_env
 from bridgerl.report.plots import Run, group_runs, load_run, order_key, plot_runs
-from bridgerl.report.summary import EPS, claims, render_report, summarize
+from bridgerl.report.summary import EPS, claims, lr_selection, render_report, summarize
+from bridgerl.tasks import build_task
+from bridgerl.tasks.base import VAL
 
 console = Console(stderr=True)
 
@@ -103,11 +110,22 @@ def plan_runs(ns: argparse.Namespace, base_cfg: Config) -> list[PlannedRun]:
         budget += [f"train.max_minutes={ns.minutes}"] + ([] if ns.steps is not None else
                                                          [f"train.steps={WALL_CLOCK_STEPS}"])
     noise = [f"rollout.reward_noise={ns.reward_noise}"] if ns.reward_noise is not None else []
+    lrs = list(dict.fromkeys(ns.lr_sweep or []))
+    if lrs and ns.lam_sweep:
+        raise ConfigError("--lr-sweep and --lam-sweep cannot be combined: sweep one at a time")
+    if any(lr <= 0 for lr in lrs):
+        raise ConfigError("--lr-sweep values must be > 0 (e.g. --lr-sweep 1e-3 3e-4 1e-4)")
+    if lrs and not build_task(base_cfg.task).split(VAL):
+        raise ConfigError(f"--lr-sweep chooses on the val split, and task {base_cfg.task.name!r} has none "
+                          "(task.math.val_path sets one for math tasks)")
 
     labels: list[tuple[str, str, list[str]]] = []
     for r in recipes:
         if r == "base":
             labels.append(("base", "sft", ["train.steps=0"]))
+        elif lrs:
+            extra = budget + ([] if r in NO_REWARD else noise)
+            labels += [(f"{r}-lr{lr:g}", r, [*extra, f"optim.lr={lr}"]) for lr in lrs]
         else:
             labels.append((r, r, budget + ([] if r in NO_REWARD else noise)))
     for lam in ns.lam_sweep or []:
@@ -225,6 +243,7 @@ def run_compare(ns: argparse.Namespace) -> int:
                       "complete, since train.steps is set far beyond what the time allows[/yellow]")
     settings = {"name": ns.name, "recipes": sorted({p.label for p in plan}, key=order_key), "seeds": ns.seeds,
                 "steps": ns.steps, "minutes": ns.minutes, "reward_noise": ns.reward_noise, "lam_sweep": ns.lam_sweep,
+                "lr_sweep": ns.lr_sweep,
                 "jobs": ns.jobs, "config_file": path, "overrides": user, "task": base_cfg.task.name,
                 "model": base_cfg.model.name_or_path, "machine": f"{platform.machine()} {platform.processor()}".strip(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -264,6 +283,12 @@ class _Results:
                   "summary": json.loads((run_dir / "summary.json").read_text())}
         if (run_dir / SIDECAR).is_file():
             record.update(json.loads((run_dir / SIDECAR).read_text()))
+        if self.settings.get("lr_sweep"):
+            if "val_accuracy" not in record:
+                record["val_accuracy"] = val_accuracy(run_dir)
+                _update_sidecar(run_dir, val_accuracy=record["val_accuracy"])
+            if pr.label != "base":  # base trains nothing: its rate means nothing
+                record["lr"] = load_run(run_dir).config["optim"]["lr"]
         self.durations.setdefault(pr.label, []).append(record["summary"].get("time_s", 0.0))
         self.records[i] = record
         write_outputs(self.compare_dir, self.settings, self.in_order(), plots=False)
@@ -279,6 +304,27 @@ class _Results:
 def _write_sidecar(run_dir: Path, peak_rss_mb: float | None) -> None:
     """What compare measured itself about a run (its own peak memory), beside the run's outputs."""
     (run_dir / SIDECAR).write_text(json.dumps({"peak_rss_mb_run": peak_rss_mb}))
+
+
+def _update_sidecar(run_dir: Path, **values: Any) -> None:
+    path = run_dir / SIDECAR
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**stored, **values}))
+
+
+def val_accuracy(run_dir: Path) -> float:
+    """Greedy pass@1 of a run's final model on its task's val split (the run's own eval settings)."""
+    from bridgerl.config import ModelConfig
+    from bridgerl.eval.evaluate import evaluate
+    from bridgerl.models.loading import load
+    from bridgerl.rollout.hf import HFEngine
+
+    cfg = load_config(str(run_dir / "config.yaml"), [])
+    task = build_task(cfg.task)
+    model, tokenizer = load(ModelConfig(name_or_path=str(run_dir / "final"), dtype=cfg.model.dtype))
+    res = evaluate(HFEngine(model, tokenizer), tokenizer, task, task.split(VAL),
+                   max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, batch_size=cfg.eval.batch_size)
+    return res.accuracy
 
 
 def _finished(run_dir: Path, cfg: Config) -> bool:
@@ -381,9 +427,12 @@ def write_outputs(compare_dir: Path, settings: dict[str, Any], records: list[dic
     claim_list = claims(records, rows, runs, settings)
     plot_files = plot_runs([compare_dir / r["run_dir"] for r in records], compare_dir / "plots") if plots else \
         sorted((compare_dir / "plots").glob("*.png"))
+    selection = lr_selection(records, settings["lr_sweep"]) if settings.get("lr_sweep") else None
     results = {"settings": settings, "runs": records, "table": rows,
                "claims": [{"claim": c, "paper": p, "measured": m} for c, p, m in claim_list]}
+    if selection is not None:
+        results["lr_selection"] = {r: row["chosen"] for r, row in selection.items()}
     (compare_dir / "results.json").write_text(json.dumps(results, indent=2))
     report = compare_dir / "report.md"
-    report.write_text(render_report(settings, records, rows, claim_list, plot_files))
+    report.write_text(render_report(settings, records, rows, claim_list, plot_files, selection))
     return report

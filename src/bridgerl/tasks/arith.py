@@ -16,6 +16,8 @@ Splits (all drawn from `random.Random(ArithConfig.seed)`, never from a global RN
   test_hard  n_test_hard distinct problems with `hard_operands` operands (out of distribution)
   rl_train   n_rl_train problems (question + answer), `train_operands`, no question of either test split
   sft_train  n_sft_train problems with the expert chain, same distribution as rl_train
+  val        up to n_val distinct problems like test, in no other split (drawn last, so the other
+             splits do not depend on it); for choosing hyperparameters without touching test
 rl_train and sft_train are drawn independently and may share questions (as the paper's RL and
 SFT data share MATH problems); a question may repeat inside a training split when the space
 of problems is small.
@@ -28,7 +30,7 @@ import re
 from collections.abc import Sequence
 
 from bridgerl.config import ArithConfig
-from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, Example, Task, TaskError
+from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, VAL, Example, Task, TaskError
 
 ALLOWED_OPS = "+-*"
 ANSWER_MARK = "#"
@@ -128,7 +130,7 @@ def check_config(config: ArithConfig) -> None:
         counts = getattr(config, key)
         if not counts or any(n < 2 for n in counts):
             raise TaskError(f"task.arith.{key}={counts}: give one or more operand counts, each >= 2")
-    for key in ("n_rl_train", "n_sft_train", "n_test", "n_test_hard"):
+    for key in ("n_rl_train", "n_sft_train", "n_test", "n_test_hard", "n_val"):
         if getattr(config, key) < 0:
             raise TaskError(f"task.arith.{key} must be >= 0")
 
@@ -152,6 +154,10 @@ class ArithTask(Task):
         # as the paper's D_RL and D_SFT are the same problems with expert traces.
         self.splits[RL_TRAIN] = self._draw(RL_TRAIN, config.n_rl_train, held_out, with_solution=True)
         self.splits[SFT_TRAIN] = self._draw(SFT_TRAIN, config.n_sft_train, held_out, with_solution=True)
+        used = held_out | {e.question for s in (RL_TRAIN, SFT_TRAIN) for e in self.splits[s]}
+        # At most n_val: small problem spaces (few operands) may have fewer unused problems left.
+        n_val = min(config.n_val, self._space(config.train_operands) - len(used))
+        self.splits[VAL] = self._unique(VAL, n_val, config.train_operands, exclude=used)
 
     # -- generation -------------------------------------------------------------------------
 

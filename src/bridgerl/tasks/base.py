@@ -14,7 +14,8 @@ RL_TRAIN = "rl_train"  # prompts with a checkable answer (D_RL)
 SFT_TRAIN = "sft_train"  # prompts with an expert solution (D_SFT)
 TEST = "test"  # in-distribution evaluation
 TEST_HARD = "test_hard"  # harder / out-of-distribution evaluation
-SPLITS = (RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD)
+VAL = "val"  # held-out problems for choosing hyperparameters (never the test split)
+SPLITS = (RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, VAL)
 
 
 class TaskError(ValueError):

@@ -12,6 +12,8 @@ Splits (sizes and seeds from GymTaskConfig):
              (some datasets seed entry i with seed + i), with any question seen in training
              removed, so the split is disjoint from rl_train and sft_train.
 - test_hard: the same from `cfg.hard_dataset`, when set.
+- val:       `cfg.test_size` entries of `cfg.rl_dataset` from a third far seed, disjoint from the
+             training splits and test (for choosing hyperparameters).
 
 Prompt: the paper's boxed prompt (the dataset's question, then the boxed suffix). Grading takes
 the completion's final answer as the math task does (last `\\boxed{}`, else the last non-empty
@@ -26,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from bridgerl.config import GymTaskConfig
-from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, Example, Task, TaskError
+from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, VAL, Example, Task, TaskError
 from bridgerl.tasks.grading import extract_answer
 from bridgerl.tasks.math import PROMPT_SUFFIX, strip_calc_notes
 
@@ -35,6 +37,7 @@ SOLUTION_KEYS = ("answer_cot",)
 # Seed offsets of the evaluation splits: far beyond any training index, see the module doc.
 TEST_SEED_OFFSET = 1_000_003
 HARD_SEED_OFFSET = 2_000_029
+VAL_SEED_OFFSET = 3_000_017
 
 
 def _reasoning_gym() -> Any:
@@ -92,6 +95,8 @@ class GymTask(Task):
             self.splits[TEST_HARD] = self._examples(
                 TEST_HARD, cfg.hard_dataset, cfg.test_size, cfg.seed + HARD_SEED_OFFSET, seen
             )
+        seen |= {e.question for e in self.splits[TEST]}
+        self.splits[VAL] = self._examples(VAL, cfg.rl_dataset, cfg.test_size, cfg.seed + VAL_SEED_OFFSET, seen)
 
     def _examples(self, split: str, name: str, size: int, seed: int, exclude: set[str] | None = None) -> list[Example]:
         rg = _reasoning_gym()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bridgerl.config import MathTaskConfig
-from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, Example, Task, TaskError
+from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, VAL, Example, Task, TaskError
 from bridgerl.tasks.grading import extract_boxed, grade_math
 
 PROMPT_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -273,6 +273,8 @@ class MathTask(Task):
             self.splits[TEST] = load_examples(cfg.test_path, cfg, split="test")
         if cfg.hard_path:
             self.splits[TEST_HARD] = load_examples(cfg.hard_path, cfg, split="test")
+        if cfg.val_path:
+            self.splits[VAL] = load_examples(cfg.val_path, cfg, split="test")
 
     def prompt(self, example: Example) -> str:
         return f"{example.question}\n{PROMPT_SUFFIX}"
