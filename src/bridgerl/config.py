@@ -178,6 +178,9 @@ class BridgeConfig:
 @dataclass
 class BaselineConfig:
     sft_steps: int | None = None  # cold-start: SFT steps before GRPO (None = half of train.steps)
+    # cold-start: theta's rate in the RL stage, which starts with fresh AdamW moments as a second run
+    # would. None = optim.lr; where optim.lr is not set either, the testbed's sft and grpo rates.
+    cold_start_rl_lr: float | None = None
     alternate_interval: int = 1  # alternate: switch between GRPO and SFT every N steps (Alg. 1)
     mix_mu: float = 1.0  # mix: J_RL + mu J_SFT (equal weights: the plainest "naive mixing")
     luffy_gamma: float = 0.1  # luffy: shaped ratio p / (p + gamma) on expert tokens
@@ -353,6 +356,8 @@ def validate(cfg: Config) -> None:
         (cfg.lora.r >= 1, "lora.r must be >= 1"),
         (0 <= cfg.lora.dropout < 1, "lora.dropout must be in [0, 1)"),
         (cfg.optim.lr > 0 and cfg.optim.lora_lr > 0, "optim.lr and optim.lora_lr must be > 0"),
+        (cfg.baseline.cold_start_rl_lr is None or cfg.baseline.cold_start_rl_lr > 0,
+         "baseline.cold_start_rl_lr must be > 0 (or null: optim.lr)"),
         (cfg.train.sft_batch_size >= 1, "train.sft_batch_size must be >= 1"),
         (cfg.eval.k >= 1, "eval.k must be >= 1"),
     ]
@@ -387,6 +392,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply(cfg, _dotted_to_nested(overrides))
     if cfg.optim.lr is None and cfg.recipe in RECIPE_LR:
         cfg.optim.lr = RECIPE_LR[cfg.recipe]
+        if cfg.recipe == "cold-start" and cfg.baseline.cold_start_rl_lr is None:
+            cfg.baseline.cold_start_rl_lr = RECIPE_LR["grpo"]  # its two stages: sft's rate, then grpo's
     validate(cfg)
     return cfg
 

@@ -179,6 +179,17 @@ def sft_pass(st: TrainState, batch: TokenBatch, *, scale: float = 1.0, phi: bool
     return total
 
 
+def start_stage(st: TrainState, group: str, lr: float) -> None:
+    """Begin a new training stage for one group, as a separate run from the last weights would:
+    its optimizer forgets its moments and takes the stage's base rate (the schedule's factor goes on)."""
+    opt, sched = st.optimizers[group], st.schedulers[group]
+    opt.state.clear()
+    sched.base_lrs = [lr for _ in opt.param_groups]
+    for pg, factor in zip(opt.param_groups, sched.lr_lambdas):
+        pg["lr"] = lr * factor(sched.last_epoch)
+        pg["initial_lr"] = lr
+
+
 def optimizer_step(st: TrainState, groups: tuple[str, ...], metrics: dict[str, float]) -> None:
     """Clip each group's gradient norm, step its optimizer and scheduler, zero its gradients."""
     with st.timer("optim"):

@@ -15,7 +15,7 @@ from bridgerl.algos import combine_lora_grads, group_advantages, lam_at
 from bridgerl.tasks.base import render_prompt
 from bridgerl.trainers.batch import concat, encode_pairs, from_rollout
 from bridgerl.trainers.phases import (RLBatch, generate_and_grade, optimizer_step, rl_batch, rl_pass, rl_prompts,
-                                      rollout_metrics, sft_batch, sft_pass)
+                                      rollout_metrics, sft_batch, sft_pass, start_stage)
 from bridgerl.trainers.state import TrainState
 
 Metrics = dict[str, float]
@@ -45,11 +45,15 @@ def grpo_step(st: TrainState) -> Metrics:
 
 
 def cold_start_step(st: TrainState) -> Metrics:
-    """Two decoupled stages in one run: SFT for the first `baseline.sft_steps`, then GRPO."""
-    sft_steps = st.cfg.baseline.sft_steps
-    if sft_steps is None:
-        sft_steps = st.cfg.train.steps // 2
-    return sft_step(st) if st.step < sft_steps else grpo_step(st)
+    """Two decoupled stages in one run: SFT for the first `baseline.sft_steps`, then GRPO from the
+    SFT weights with fresh optimizer moments at `baseline.cold_start_rl_lr`, as a second run would."""
+    b = st.cfg.baseline
+    sft_steps = b.sft_steps if b.sft_steps is not None else st.cfg.train.steps // 2
+    if st.step < sft_steps:
+        return sft_step(st)
+    if st.step == sft_steps:
+        start_stage(st, "theta", b.cold_start_rl_lr if b.cold_start_rl_lr is not None else st.cfg.optim.lr)
+    return grpo_step(st)
 
 
 def alternate_step(st: TrainState) -> Metrics:
