@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-sweep", nargs="+", type=float, default=None,
                    help="run every recipe at each of these optim.lr values and pick each recipe's rate by its "
                         "final accuracy on the task's val split (never test)")
+    p.add_argument("--lr-extend", action="store_true",
+                   help="with --lr-sweep: where a recipe's best rate is the highest or lowest it tried, also run "
+                        "the next rate past it (1-3-10 series), until the best is inside")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each a child process with cpus/JOBS torch threads and its output in "
                         "<run>.log (default 1: one after the other, in this process; not with --minutes)")

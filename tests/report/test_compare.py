@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from bridgerl.config import ConfigError, load_config
-from bridgerl.report.compare import child_argv, config_mismatch, plan_runs, run_config, write_outputs
+from bridgerl.report.compare import (LR_EXTEND_MAX, PlannedRun, child_argv, config_mismatch, lr_extensions, lr_step,
+                                     plan_runs, run_config, write_outputs)
 from bridgerl.report.plots import load_run
 from bridgerl.report.summary import (largest_drop, lr_selection, mean_std, pct, stage_dip, summarize, switch_step,
                                      time_to_reach, versus)
@@ -22,7 +23,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def ns(**kw) -> argparse.Namespace:
     base = dict(recipes=None, seeds=1, steps=None, minutes=None, name="t", reward_noise=None, lam_sweep=None,
-                lr_sweep=None, jobs=1, args=[])
+                lr_sweep=None, lr_extend=False, jobs=1, args=[])
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -183,6 +184,8 @@ def test_lr_sweep_user_errors() -> None:
         plan_runs(ns(lr_sweep=[1e-3], lam_sweep=[0.3]), load_config())
     with pytest.raises(ConfigError, match="must be > 0"):
         plan_runs(ns(lr_sweep=[1e-3, 0.0]), load_config())
+    with pytest.raises(ConfigError, match="--lr-extend extends an lr sweep"):
+        plan_runs(ns(lr_extend=True), load_config())
     with pytest.raises(ConfigError, match="has none"):
         plan_runs(ns(lr_sweep=[1e-3]), load_config(None, ["task.arith.n_val=0"]))
 
@@ -206,6 +209,29 @@ def test_lr_selection_chooses_on_val_mean_over_seeds_never_on_test(tmp_path: Pat
     assert sel["a"]["test"] == pytest.approx({1e-3: 0.9, 1e-4: 0.1})
     assert sel["b"]["chosen"] == 1e-4  # first in [1e-4, 1e-3]
     assert lr_selection(recs, [1e-3, 1e-4])["b"]["chosen"] == 1e-3
+
+
+def test_lr_step_walks_the_1_3_10_series() -> None:
+    assert [lr_step(x, up=True) for x in (1e-3, 3e-4, 5e-4, 3e-3)] == [3e-3, 1e-3, 1e-3, 1e-2]
+    assert [lr_step(x, up=False) for x in (1e-3, 1e-4, 5e-4, 3e-5)] == [3e-4, 3e-5, 3e-4, 1e-5]
+
+
+def test_lr_extend_adds_the_next_rate_past_an_edge_best_for_every_seed(tmp_path: Path) -> None:
+    def run(recipe: str, lr: float, seed: int, val: float) -> tuple[PlannedRun, dict]:
+        pr = PlannedRun(f"{recipe}-lr{lr:g}", recipe, seed, [f"recipe={recipe}", "train.steps=5", f"optim.lr={lr}"])
+        d = write_run(tmp_path, pr.name, recipe, {0: 0.1}, 0.5)
+        return pr, {**record(d, pr.label, recipe, seed), "lr": lr, "val_accuracy": val}
+    vals = {"top": (0.5, 0.2, 0.1), "bottom": (0.1, 0.2, 0.5), "inside": (0.1, 0.5, 0.1)}
+    pairs = [run(r, lr, seed, v) for r, vs in vals.items() for lr, v in zip((1e-3, 3e-4, 1e-4), vs) for seed in (0, 1)]
+    plan, recs = [p for p, _ in pairs], [r for _, r in pairs]
+    extra = lr_extensions(plan, recs, [1e-3, 3e-4, 1e-4])
+    assert sorted(p.name for p in extra) == ["bottom-lr3e-05-s0", "bottom-lr3e-05-s1", "top-lr0.003-s0", "top-lr0.003-s1"]
+    top = next(p for p in extra if p.name == "top-lr0.003-s1")
+    assert top.overrides == ["recipe=top", "train.steps=5", "optim.lr=0.003"] and top.seed == 1
+    # a recipe stops extending after LR_EXTEND_MAX rates past the grid
+    more = [run("top", lr, 0, 0.6 + i / 10) for i, lr in enumerate((3e-3, 1e-2, 3e-2)[:LR_EXTEND_MAX])]
+    assert not [p for p in lr_extensions(plan + [p for p, _ in more], recs + [r for _, r in more], [1e-3, 3e-4, 1e-4])
+                if p.recipe == "top"]
 
 
 def test_wall_clock_budget_sets_max_minutes_and_many_steps() -> None:
@@ -331,7 +357,7 @@ def test_compare_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_lr_sweep_end_to_end_scores_each_final_model_on_val(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bridgerl.cli import main
 
-    argv = ["compare", "--recipes", "base", "grpo", "--lr-sweep", "1e-3", "1e-4", "--steps", "1", "--name", "lr",
+    argv = ["compare", "--recipes", "base", "grpo", "--lr-sweep", "1e-3", "1e-4", "--lr-extend", "--steps", "1", "--name", "lr",
             *TINY, "task.arith.n_val=16", f"model.name_or_path={_model(tmp_path)}", f"run.output_dir={tmp_path}"]
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -339,8 +365,11 @@ def test_lr_sweep_end_to_end_scores_each_final_model_on_val(tmp_path: Path, caps
     out = tmp_path / "compare-lr"
     results = json.loads((out / "results.json").read_text())
     runs = {r["run_dir"]: r for r in results["runs"]}
-    assert sorted(runs) == ["base-s0", "grpo-lr0.0001-s0", "grpo-lr0.001-s0"]
+    assert {"base-s0", "grpo-lr0.0001-s0", "grpo-lr0.001-s0"} < set(runs)  # two rates: the best is an edge
     assert runs["grpo-lr0.0001-s0"]["lr"] == 1e-4 and "lr" not in runs["base-s0"]
+    rates = sorted(r["lr"] for r in runs.values() if "lr" in r)
+    chosen = results["lr_selection"]["grpo"]
+    assert rates[0] < chosen < rates[-1] or len(rates) == 2 + LR_EXTEND_MAX  # inside, or extended to the cap
     # the val score is the final model's greedy accuracy on val, as `bridgerl eval --split val` gives it
     capsys.readouterr()
     with pytest.raises(SystemExit):
@@ -351,8 +380,9 @@ def test_lr_sweep_end_to_end_scores_each_final_model_on_val(tmp_path: Path, caps
     assert printed, captured.err
     assert runs["base-s0"]["val_accuracy"] > 0  # the shipped base answers some val problems
     assert f"pass@1 = {runs['base-s0']['val_accuracy']:.4f}" in printed
-    best = max((1e-3, 1e-4), key=lambda lr: runs[f"grpo-lr{lr:g}-s0"]["val_accuracy"])
-    assert results["lr_selection"] == {"grpo": best}
+    order = list(dict.fromkeys([1e-3, 1e-4, *(r["lr"] for r in results["runs"] if "lr" in r)]))  # ties: grid first
+    best = max(order, key=lambda lr: runs[f"grpo-lr{lr:g}-s0"]["val_accuracy"])
+    assert chosen == best
     assert "## Learning-rate selection" in (out / "report.md").read_text()
 
 

@@ -31,8 +31,11 @@ Choices, stated once:
 - --lr-sweep X Y ... runs every recipe at each optim.lr (groups `<recipe>-lr<X>`) and chooses each
   recipe's rate by the mean over seeds of its final model's greedy accuracy on the task's `val`
   split (evaluated here, once per run, cached in the run's compare.json; ties go to the rate named
-  first). Test accuracy is reported beside it but never used to choose. The chosen rates are in
-  results.json ("lr_selection") and the report; `config.RECIPE_LR` holds the testbed's.
+  first). Test accuracy is reported beside it but never used to choose. With --lr-extend, a recipe
+  whose best val rate is the highest or lowest it has tried also runs the next rate past it on the
+  1-3-10 series (1e-3 -> 3e-3, 1e-4 -> 3e-5), until its best is inside the rates tried (at most
+  LR_EXTEND_MAX more per recipe). The chosen rates are in results.json ("lr_selection") and the
+  report; `config.RECIPE_LR` holds the testbed's.
 - --jobs > 1 refuses --minutes: concurrent runs slow each other, so equal wall-clock budgets would
   buy unequal work, and cold-start's switch step needs the same-seed sft run finished first.
 """
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -68,6 +72,7 @@ DEFAULT_RECIPES = ("base", "sft", "grpo", "cold-start", "alternate", "mix", "luf
 NO_REWARD = {"base", "sft"}  # recipes that never sample a reward (reward noise does not apply)
 WALL_CLOCK_STEPS = 1_000_000
 SIDECAR = "compare.json"  # per run: what compare measured itself (peak memory)
+LR_EXTEND_MAX = 3  # --lr-extend: extra rates per recipe past its grid's edge
 
 
 @dataclass
@@ -113,6 +118,8 @@ def plan_runs(ns: argparse.Namespace, base_cfg: Config) -> list[PlannedRun]:
     lrs = list(dict.fromkeys(ns.lr_sweep or []))
     if lrs and ns.lam_sweep:
         raise ConfigError("--lr-sweep and --lam-sweep cannot be combined: sweep one at a time")
+    if ns.lr_extend and not lrs:
+        raise ConfigError("--lr-extend extends an lr sweep: give the rates with --lr-sweep (e.g. --lr-sweep 1e-3 1e-4)")
     if any(lr <= 0 for lr in lrs):
         raise ConfigError("--lr-sweep values must be > 0 (e.g. --lr-sweep 1e-3 3e-4 1e-4)")
     if lrs and not build_task(base_cfg.task).split(VAL):
@@ -141,6 +148,38 @@ def plan_runs(ns: argparse.Namespace, base_cfg: Config) -> list[PlannedRun]:
                 continue
             plan.append(PlannedRun(label, recipe, seed, [f"recipe={recipe}", *extra]))
     return plan
+
+
+def lr_step(lr: float, up: bool) -> float:
+    """The neighbour of `lr` on the 1-3-10 series (..., 1e-4, 3e-4, 1e-3, 3e-3, ...), above or below it."""
+    e = math.floor(math.log10(lr)) - 1
+    series = [m * 10.0 ** k for k in range(e, e + 3) for m in (1, 3)]
+    return float(f"{min(x for x in series if x > lr * 1.0001):.0e}" if up else
+                 f"{max(x for x in series if x < lr * 0.9999):.0e}")
+
+
+def lr_extensions(plan: list[PlannedRun], records: list[dict[str, Any]], lrs: list[float]) -> list[PlannedRun]:
+    """--lr-extend: one more rate for each recipe whose best val rate is at the edge of those it tried."""
+    tried: dict[str, list[float]] = {}
+    for pr in plan:
+        if pr.label != "base":
+            tried.setdefault(pr.recipe, []).append(_lr_of(pr))
+    extra = []
+    for recipe, row in lr_selection(records, lrs).items():
+        rates = sorted(set(tried.get(recipe, [])))
+        if row["chosen"] is None or len(rates) < 2 or len(rates) >= len(set(lrs)) + LR_EXTEND_MAX:
+            continue
+        if row["chosen"] not in (rates[0], rates[-1]):
+            continue
+        new = lr_step(row["chosen"], up=row["chosen"] == rates[-1])
+        for pr in [p for p in plan if p.recipe == recipe and p.label != "base" and _lr_of(p) == row["chosen"]]:
+            overrides = [o for o in pr.overrides if not o.startswith("optim.lr=")] + [f"optim.lr={new}"]
+            extra.append(PlannedRun(f"{recipe}-lr{new:g}", recipe, pr.seed, overrides))
+    return extra
+
+
+def _lr_of(pr: PlannedRun) -> float:
+    return float(next(o for o in pr.overrides if o.startswith("optim.lr=")).split("=", 1)[1])
 
 
 def run_overrides(user: list[str], pr: PlannedRun, compare_dir: Path) -> list[str]:
@@ -243,7 +282,7 @@ def run_compare(ns: argparse.Namespace) -> int:
                       "complete, since train.steps is set far beyond what the time allows[/yellow]")
     settings = {"name": ns.name, "recipes": sorted({p.label for p in plan}, key=order_key), "seeds": ns.seeds,
                 "steps": ns.steps, "minutes": ns.minutes, "reward_noise": ns.reward_noise, "lam_sweep": ns.lam_sweep,
-                "lr_sweep": ns.lr_sweep,
+                "lr_sweep": ns.lr_sweep, "lr_extend": ns.lr_extend,
                 "jobs": ns.jobs, "config_file": path, "overrides": user, "task": base_cfg.task.name,
                 "model": base_cfg.model.name_or_path, "machine": f"{platform.machine()} {platform.processor()}".strip(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -254,10 +293,20 @@ def run_compare(ns: argparse.Namespace) -> int:
     failed: list[tuple[PlannedRun, int]] = []  # (run, exit code) of failed child processes
     with Progress(*columns, console=console, disable=not base_cfg.log.progress) as progress:
         bar = progress.add_task("", total=len(plan))
-        if ns.jobs == 1:
-            _run_in_process(plan, path, user, ns.minutes, base_cfg.baseline.sft_steps, out, progress, bar)
-        else:
-            failed = _run_children(plan, path, user, ns.jobs, out, progress, bar)
+        start = 0
+        while True:
+            if ns.jobs == 1:
+                _run_in_process(plan, start, path, user, ns.minutes, base_cfg.baseline.sft_steps, out, progress, bar)
+            else:
+                failed = _run_children(plan, start, path, user, ns.jobs, out, progress, bar)
+            extra = lr_extensions(plan, out.in_order(), ns.lr_sweep) if ns.lr_extend and not failed else []
+            if not extra:
+                break
+            start = len(plan)
+            plan += extra
+            settings["recipes"] = sorted({p.label for p in plan}, key=order_key)
+            progress.console.print(f"lr sweep: extending past the edge: {', '.join(p.name for p in extra)}")
+            progress.update(bar, total=len(plan))
         progress.update(bar, description=f"stopped ({len(failed)} failed)" if failed else f"done ({len(plan)} runs)",
                         eta_at=time.time())
     if failed:
@@ -341,11 +390,13 @@ def _skip_line(i: int, n: int, run_dir: Path) -> str:
     return f"[{i + 1}/{n}] skipping {run_dir.name}: {run_dir}/summary.json exists (resuming)"
 
 
-def _run_in_process(plan: list[PlannedRun], path: str | None, user: list[str], minutes: float | None,
+def _run_in_process(plan: list[PlannedRun], start: int, path: str | None, user: list[str], minutes: float | None,
                     sft_steps: int | None, out: _Results, progress: Progress, bar: TaskID) -> None:
+    """The runs plan[start:], one after the other in this process."""
     from bridgerl.trainers.loop import train
 
-    for i, pr in enumerate(plan):
+    for i in range(start, len(plan)):
+        pr = plan[i]
         run_dir = out.compare_dir / pr.name
         if pr.recipe == "cold-start" and minutes is not None and sft_steps is None:
             pr.overrides.append(f"baseline.sft_steps={cold_start_switch(out.compare_dir / f'sft-s{pr.seed}')}")
@@ -363,11 +414,13 @@ def _run_in_process(plan: list[PlannedRun], path: str | None, user: list[str], m
         progress.update(bar, advance=1)
 
 
-def _run_children(plan: list[PlannedRun], path: str | None, user: list[str], jobs: int, out: _Results,
+def _run_children(plan: list[PlannedRun], start: int, path: str | None, user: list[str], jobs: int, out: _Results,
                   progress: Progress, bar: TaskID) -> list[tuple[PlannedRun, int]]:
-    """The runs not yet finished as up to `jobs` child processes; returns the failed ones with exit codes."""
+    """The runs of plan[start:] not yet finished as up to `jobs` child processes; returns the failed
+    ones with exit codes."""
     todo: deque[int] = deque()
-    for i, pr in enumerate(plan):  # finished runs first: other settings stop compare before anything starts
+    for i in range(start, len(plan)):  # finished runs first: other settings stop compare before anything starts
+        pr = plan[i]
         run_dir = out.compare_dir / pr.name
         if _finished(run_dir, run_config(path, user, pr, out.compare_dir)):
             progress.console.print(_skip_line(i, len(plan), run_dir))

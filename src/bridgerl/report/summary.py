@@ -95,7 +95,8 @@ def lr_selection(records: list[dict[str, Any]], lrs: list[float]) -> dict[str, d
     """Per recipe of an lr sweep: mean val and test accuracy at each rate, and the chosen rate.
 
     The choice is the rate with the highest mean val accuracy over seeds (ties: the rate named
-    first in `lrs`); test accuracy is carried along for the report and never used to choose.
+    first in `lrs`, then rates found only in the records, such as edge extensions, in record
+    order); test accuracy is carried along for the report and never used to choose.
     """
     out: dict[str, dict[str, Any]] = {}
     for r in records:
@@ -107,26 +108,31 @@ def lr_selection(records: list[dict[str, Any]], lrs: list[float]) -> dict[str, d
     for row in out.values():
         row["val"] = {lr: mean_std(v)[0] for lr, v in row["val"].items()}
         row["test"] = {lr: mean_std(v)[0] for lr, v in row["test"].items()}
-        scored = [lr for lr in lrs if row["val"].get(lr) is not None]
+        scored = [lr for lr in dict.fromkeys([*lrs, *row["val"]]) if row["val"].get(lr) is not None]
         row["chosen"] = max(scored, key=lambda lr: (row["val"][lr], -scored.index(lr))) if scored else None
     return out
 
 
-def _selection_lines(selection: dict[str, dict[str, Any]], lrs: list[float], records: list[dict[str, Any]]) -> list[str]:
+def _selection_lines(selection: dict[str, dict[str, Any]], records: list[dict[str, Any]]) -> list[str]:
+    rates = sorted({lr for row in selection.values() for lr in row["val"]}, reverse=True)
     base = next((r for r in records if r["label"] == "base"), None)
     base_line = (f" The base model: val {pct((base.get('val_accuracy'), None))}, test "
                  f"{pct((base['summary'].get('eval/accuracy'), None))}." if base else "")
     lines = ["## Learning-rate selection", "",
              "Each recipe's rate is the one with the highest final greedy accuracy on the **val** split "
              "(mean over seeds; ties go to the rate named first). Test accuracy is shown beside it and was "
-             "not used to choose." + base_line, "",
-             "| recipe | " + " | ".join(f"lr {lr:g}: val / test" for lr in lrs) + " | chosen |",
-             "|---|" + "---|" * (len(lrs) + 1)]
+             "not used to choose; '–' is a rate not run for that recipe. A choice marked *edge* is the "
+             "highest or lowest rate tried for that recipe: a rate beyond it might do better." + base_line, "",
+             "| recipe | " + " | ".join(f"lr {lr:g}: val / test" for lr in rates) + " | chosen |",
+             "|---|" + "---|" * (len(rates) + 1)]
     for recipe in sorted(selection, key=order_key):
         row = selection[recipe]
-        cells = [f"{pct((row['val'].get(lr), None))} / {pct((row['test'].get(lr), None))}" for lr in lrs]
-        chosen = f"{row['chosen']:g}" if row["chosen"] is not None else "–"
-        lines.append(f"| {recipe} | " + " | ".join(cells) + f" | **{chosen}** |")
+        cells = [f"{pct((row['val'][lr], None))} / {pct((row['test'][lr], None))}" if lr in row["val"] else "–"
+                 for lr in rates]
+        chosen = row["chosen"]
+        text = "–" if chosen is None else f"**{chosen:g}**" + (" (edge)" if chosen in (min(row["val"]), max(row["val"]))
+                                                               and len(row["val"]) > 1 else "")
+        lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {text} |")
     return lines + [""]
 
 
@@ -311,7 +317,8 @@ def render_report(settings: dict[str, Any], records: list[dict[str, Any]], rows:
              "task data fixed; base evaluated once)",
              f"- budget: {_budget(settings)}; task: {settings['task']}; model: {settings['model']}",
              f"- reward noise: {settings.get('reward_noise') or 0}; lam sweep: {settings.get('lam_sweep') or 'none'}"
-             + (f"; lr sweep: {' '.join(f'{lr:g}' for lr in settings['lr_sweep'])}" if settings.get("lr_sweep") else ""),
+             + (f"; lr sweep: {' '.join(f'{lr:g}' for lr in settings['lr_sweep'])}"
+                + (", extended past the edges" if settings.get("lr_extend") else "") if settings.get("lr_sweep") else ""),
              f"- overrides: {' '.join(settings['overrides']) or 'none'}"
              + (f"; config file: {settings['config_file']}" if settings.get("config_file") else ""),
              f"- machine: {settings['machine']}; started {settings['started']}; runs at a time: {settings.get('jobs') or 1}"
@@ -331,7 +338,7 @@ def render_report(settings: dict[str, Any], records: list[dict[str, Any]], rows:
         lines.append(f"| {r['label']}{flag} | {r['n']} | {pct(r['test'])} | {pct(r['hard'])} | {pct(r['start'])} | "
                      f"{num(r['steps'])} | {num(r['time_s'])} | {num(r['cuda_mb'] if cuda else r['mem_mb'])} | "
                      f"{reach_text(r['reach'])} | {paper if paper is not None else '–'} |")
-    lines += [""] + (_selection_lines(selection, settings["lr_sweep"], records) if selection else [])
+    lines += [""] + (_selection_lines(selection, records) if selection else [])
     lines += ["## The paper's claims, as measured here", "",
               "Each claim states what the paper reports (other models, other scale) and what this compare measured. "
               "A difference counts as consistent with the paper only when it holds in every seed.", ""]
