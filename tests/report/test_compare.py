@@ -203,8 +203,9 @@ def test_lr_selection_chooses_on_val_mean_over_seeds_never_on_test(tmp_path: Pat
         recs.append({**record(d, f"b-lr{lr:g}", "b", 0), "lr": lr, "val_accuracy": 0.2})
     base = write_run(tmp_path, "base-s0", "sft", {0: 0.1}, 0.1, steps=0)
     recs.append({**record(base, "base", "sft", 0), "val_accuracy": 0.15})  # no "lr": never a candidate
+    recs[5]["summary"]["status"] = "shadow_collapsed"  # b at 1e-3: flagged, still a candidate
     sel = lr_selection(recs, [1e-4, 1e-3])
-    assert set(sel) == {"a", "b"}
+    assert set(sel) == {"a", "b"} and sel["b"]["failed"] == {1e-3: 1} and not sel["a"]["failed"]
     assert sel["a"]["val"] == pytest.approx({1e-3: 0.25, 1e-4: 0.30}) and sel["a"]["chosen"] == 1e-4
     assert sel["a"]["test"] == pytest.approx({1e-3: 0.9, 1e-4: 0.1})
     assert sel["b"]["chosen"] == 1e-4  # first in [1e-4, 1e-3]

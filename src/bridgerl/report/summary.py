@@ -102,9 +102,11 @@ def lr_selection(records: list[dict[str, Any]], lrs: list[float]) -> dict[str, d
     for r in records:
         if r.get("lr") is None:
             continue
-        row = out.setdefault(r["recipe"], {"val": {}, "test": {}})
+        row = out.setdefault(r["recipe"], {"val": {}, "test": {}, "failed": {}})
         row["val"].setdefault(r["lr"], []).append(r.get("val_accuracy"))
         row["test"].setdefault(r["lr"], []).append(r["summary"].get("eval/accuracy"))
+        if r["summary"].get("status", "ok") != "ok":  # e.g. shadow_collapsed: flagged, not excluded
+            row["failed"][r["lr"]] = row["failed"].get(r["lr"], 0) + 1
     for row in out.values():
         row["val"] = {lr: mean_std(v)[0] for lr, v in row["val"].items()}
         row["test"] = {lr: mean_std(v)[0] for lr, v in row["test"].items()}
@@ -121,13 +123,15 @@ def _selection_lines(selection: dict[str, dict[str, Any]], records: list[dict[st
     lines = ["## Learning-rate selection", "",
              "Each recipe's rate is the one with the highest final greedy accuracy on the **val** split "
              "(mean over seeds; ties go to the rate named first). Test accuracy is shown beside it and was "
-             "not used to choose; '–' is a rate not run for that recipe. A choice marked *edge* is the "
+             "not used to choose; '–' is a rate not run for that recipe; 'failed' counts runs whose status is not ok "
+             "(a bridge run whose shadow collapsed), shown but not excluded. A choice marked *edge* is the "
              "highest or lowest rate tried for that recipe: a rate beyond it might do better." + base_line, "",
              "| recipe | " + " | ".join(f"lr {lr:g}: val / test" for lr in rates) + " | chosen |",
              "|---|" + "---|" * (len(rates) + 1)]
     for recipe in sorted(selection, key=order_key):
         row = selection[recipe]
-        cells = [f"{pct((row['val'][lr], None))} / {pct((row['test'][lr], None))}" if lr in row["val"] else "–"
+        cells = [f"{pct((row['val'][lr], None))} / {pct((row['test'][lr], None))}"
+                 + (f" ({row['failed'][lr]} failed)" if row["failed"].get(lr) else "") if lr in row["val"] else "–"
                  for lr in rates]
         chosen = row["chosen"]
         text = "–" if chosen is None else f"**{chosen:g}**" + (" (edge)" if chosen in (min(row["val"]), max(row["val"]))
