@@ -279,6 +279,12 @@ def test_a_finished_run_with_other_settings_is_detected() -> None:
     cfg = load_config(None, ["train.steps=5"])
     stored = yaml.safe_load(yaml.safe_dump({"train": {"steps": 2}, "log": {"progress": False}, "newer": 1}))
     assert config_mismatch(stored, cfg) == ["train.steps: 2 -> 5"]
+    # base (zero steps) is the same model whatever its rates; a trained run is not
+    base = load_config(None, ["recipe=sft", "train.steps=0"])
+    rates = {"train": {"steps": 0}, "optim": {"lr": 1e-3}, "baseline": {"cold_start_rl_lr": 1.0}}
+    assert base.optim.lr != 1e-3 and config_mismatch(rates, base) == []
+    trained = load_config(None, ["recipe=sft", "train.steps=5"])
+    assert config_mismatch({**rates, "train": {"steps": 5}}, trained)[0].startswith("baseline.cold_start_rl_lr")
 
 
 # -- the written report -----------------------------------------------------------------------------

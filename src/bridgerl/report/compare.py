@@ -217,10 +217,12 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_mismatch(stored: dict[str, Any], planned: Config) -> list[str]:
-    """Keys (present in both) where a finished run's config.yaml differs from the planned one."""
+    """Keys (present in both) where a finished run's config.yaml differs from the planned one.
+    A run of zero steps (base) trains nothing, so its optimizer settings cannot differ in effect."""
     a, b = _flat(stored), _flat(to_dict(planned))
+    ignored = ("log.", "run.overwrite", "resume") + (("optim.", "baseline.") if planned.train.steps == 0 else ())
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
-            if a[k] != b[k] and not k.startswith(("log.", "run.overwrite", "resume"))]
+            if a[k] != b[k] and not k.startswith(ignored)]
 
 
 # -- per-run memory -----------------------------------------------------------------------------
