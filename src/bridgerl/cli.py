@@ -139,7 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    # key=value overrides after an option (`eval MODEL --split val task.x=1`) are overrides too;
+    # argparse stops collecting positionals at the first option, so they come back as extras
+    if extra and hasattr(ns, "args") and all("=" in a and not a.startswith("-") for a in extra):
+        ns.args = [*ns.args, *extra]
+    elif extra:
+        parser.parse_args(argv)  # exits with argparse's own "unrecognized arguments" line
     try:
         code = ns.fn(ns)
     except _user_errors() as exc:

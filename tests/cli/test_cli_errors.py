@@ -53,3 +53,14 @@ def test_deepspeed_launch_is_refused_not_silently_replicated(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_DEEPSPEED": "true"}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
     _assert_clean_failure(proc, tmp_path, "configs/accelerate/fsdp.yaml")
+
+
+def test_overrides_may_follow_options(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "bridgerl", *args], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=300)
+    proc = cli("eval", "embedded", "--split", "val", "--limit", "4", "task.arith.n_val=3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[val, n=3]" in proc.stdout  # the override after the options was applied
+    proc = cli("eval", "embedded", "--limit", "4", "--bogus")
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
