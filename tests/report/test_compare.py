@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from bridgerl.config import ConfigError, load_config
-from bridgerl.report.compare import (LR_EXTEND_MAX, PlannedRun, child_argv, config_mismatch, lr_extensions, lr_step,
-                                     plan_runs, run_config, write_outputs)
+from bridgerl.report.compare import PlannedRun, child_argv, config_mismatch, plan_runs, run_config, write_outputs
+from bridgerl.report.lr_sweep import LR_EXTEND_MAX, lr_extensions, lr_step
 from bridgerl.report.plots import load_run
 from bridgerl.report.summary import (largest_drop, lr_selection, mean_std, pct, stage_dip, summarize, switch_step,
                                      time_to_reach, versus)

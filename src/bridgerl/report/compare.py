@@ -34,7 +34,7 @@ Choices, stated once:
   first). Test accuracy is reported beside it but never used to choose. With --lr-extend, a recipe
   whose best val rate is the highest or lowest it has tried also runs the next rate past it on the
   1-3-10 series (1e-3 -> 3e-3, 1e-4 -> 3e-5), until its best is inside the rates tried (at most
-  LR_EXTEND_MAX more per recipe). The chosen rates are in results.json ("lr_selection") and the
+  `lr_sweep.LR_EXTEND_MAX` more per recipe). The chosen rates are in results.json ("lr_selection") and the
   report; `config.RECIPE_LR` holds the testbed's.
 - --jobs > 1 refuses --minutes: concurrent runs slow each other, so equal wall-clock budgets would
   buy unequal work, and cold-start's switch step needs the same-seed sft run finished first.
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -62,6 +61,7 @@ from rich.text import Text
 from bridgerl.config import RECIPES, Config, ConfigError, load_config, to_dict
 from bridgerl.report.jobs import Children, last_line, thread_env
 from bridgerl.report.plots import Run, group_runs, load_run, order_key, plot_runs
+from bridgerl.report.lr_sweep import lr_extensions, lr_of, val_accuracy
 from bridgerl.report.summary import EPS, claims, lr_selection, render_report, summarize
 from bridgerl.tasks import build_task
 from bridgerl.tasks.base import VAL
@@ -72,7 +72,6 @@ DEFAULT_RECIPES = ("base", "sft", "grpo", "cold-start", "alternate", "mix", "luf
 NO_REWARD = {"base", "sft"}  # recipes that never sample a reward (reward noise does not apply)
 WALL_CLOCK_STEPS = 1_000_000
 SIDECAR = "compare.json"  # per run: what compare measured itself (peak memory)
-LR_EXTEND_MAX = 3  # --lr-extend: extra rates per recipe past its grid's edge
 
 
 @dataclass
@@ -148,38 +147,6 @@ def plan_runs(ns: argparse.Namespace, base_cfg: Config) -> list[PlannedRun]:
                 continue
             plan.append(PlannedRun(label, recipe, seed, [f"recipe={recipe}", *extra]))
     return plan
-
-
-def lr_step(lr: float, up: bool) -> float:
-    """The neighbour of `lr` on the 1-3-10 series (..., 1e-4, 3e-4, 1e-3, 3e-3, ...), above or below it."""
-    e = math.floor(math.log10(lr)) - 1
-    series = [m * 10.0 ** k for k in range(e, e + 3) for m in (1, 3)]
-    return float(f"{min(x for x in series if x > lr * 1.0001):.0e}" if up else
-                 f"{max(x for x in series if x < lr * 0.9999):.0e}")
-
-
-def lr_extensions(plan: list[PlannedRun], records: list[dict[str, Any]], lrs: list[float]) -> list[PlannedRun]:
-    """--lr-extend: one more rate for each recipe whose best val rate is at the edge of those it tried."""
-    tried: dict[str, list[float]] = {}
-    for pr in plan:
-        if pr.label != "base":
-            tried.setdefault(pr.recipe, []).append(_lr_of(pr))
-    extra = []
-    for recipe, row in lr_selection(records, lrs).items():
-        rates = sorted(set(tried.get(recipe, [])))
-        if row["chosen"] is None or len(rates) < 2 or len(rates) >= len(set(lrs)) + LR_EXTEND_MAX:
-            continue
-        if row["chosen"] not in (rates[0], rates[-1]):
-            continue
-        new = lr_step(row["chosen"], up=row["chosen"] == rates[-1])
-        for pr in [p for p in plan if p.recipe == recipe and p.label != "base" and _lr_of(p) == row["chosen"]]:
-            overrides = [o for o in pr.overrides if not o.startswith("optim.lr=")] + [f"optim.lr={new}"]
-            extra.append(PlannedRun(f"{recipe}-lr{new:g}", recipe, pr.seed, overrides))
-    return extra
-
-
-def _lr_of(pr: PlannedRun) -> float:
-    return float(next(o for o in pr.overrides if o.startswith("optim.lr=")).split("=", 1)[1])
 
 
 def run_overrides(user: list[str], pr: PlannedRun, compare_dir: Path) -> list[str]:
@@ -339,7 +306,7 @@ class _Results:
                 record["val_accuracy"] = val_accuracy(run_dir)
                 _update_sidecar(run_dir, val_accuracy=record["val_accuracy"])
             if pr.label != "base":  # base trains nothing: its rate means nothing
-                record["lr"] = load_run(run_dir).config["optim"]["lr"]
+                record["lr"] = lr_of(pr)
         self.durations.setdefault(pr.label, []).append(record["summary"].get("time_s", 0.0))
         self.records[i] = record
         write_outputs(self.compare_dir, self.settings, self.in_order(), plots=False)
@@ -361,21 +328,6 @@ def _update_sidecar(run_dir: Path, **values: Any) -> None:
     path = run_dir / SIDECAR
     stored = json.loads(path.read_text()) if path.is_file() else {}
     path.write_text(json.dumps({**stored, **values}))
-
-
-def val_accuracy(run_dir: Path) -> float:
-    """Greedy pass@1 of a run's final model on its task's val split (the run's own eval settings)."""
-    from bridgerl.config import ModelConfig
-    from bridgerl.eval.evaluate import evaluate
-    from bridgerl.models.loading import load
-    from bridgerl.rollout.hf import HFEngine
-
-    cfg = load_config(str(run_dir / "config.yaml"), [])
-    task = build_task(cfg.task)
-    model, tokenizer = load(ModelConfig(name_or_path=str(run_dir / "final"), dtype=cfg.model.dtype))
-    res = evaluate(HFEngine(model, tokenizer), tokenizer, task, task.split(VAL),
-                   max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, batch_size=cfg.eval.batch_size)
-    return res.accuracy
 
 
 def _finished(run_dir: Path, cfg: Config) -> bool:
