@@ -56,22 +56,35 @@ class ModelConfig:
 class ArithConfig:
     """The embedded testbed: left-to-right integer arithmetic with a step-by-step chain.
 
-    The defaults are the ones the shipped base model (assets/tiny-arith) was pretrained for:
-    it answers 2-3 operands directly, 4 operands only ~13% of the time, 6 operands ~never,
-    and knows every chain step "a+b=c" (a <= 45) as a bare fact. Other values need a base
-    model pretrained for them: `bridgerl.models.tiny.pretrain(out_dir, config=...)`.
+    The evaluation splits (test, test_hard, val) are drawn first from `seed` and are held out of
+    the base model's pretraining corpus; the training splits come from seeds of their own, so the
+    knobs below change no evaluation problem. The shipped base model (assets/tiny-arith) was
+    pretrained for these defaults; other ops / max_value / operand counts need a base model
+    pretrained for them: `bridgerl.models.tiny.pretrain(out_dir, config=...)`.
+
+    The expert-trace knobs mirror the paper's SFT data (docs/decisions.md, "The testbed"): traces
+    are scarce (a small fixed set reused for epochs), written by a teacher that sometimes slips,
+    and cover narrower problems than the RL prompts and the test split.
     """
 
     ops: str = "+"  # operators drawn from this string ("+", "-", "*"; e.g. "+-"), applied left to right
     max_value: int = 9  # operands are drawn from 0..max_value (single digits: every step is a small fact)
-    train_operands: list[int] = field(default_factory=lambda: [4])  # operand counts of train/test (base ~13%)
-    hard_operands: list[int] = field(default_factory=lambda: [6])  # the out-of-distribution split (base ~0%)
-    n_rl_train: int = 4000
-    n_sft_train: int = 4000
-    n_test: int = 200
-    n_test_hard: int = 200
-    n_val: int = 200  # validation split: like test, disjoint from every other split (lr selection)
+    train_operands: list[int] = field(default_factory=lambda: [4])  # operand counts of RL prompts, test and val
+    hard_operands: list[int] = field(default_factory=lambda: [5])  # the harder split (longer than any training problem)
+    n_rl_train: int = 4000  # RL prompts (plentiful, as in the paper)
+    n_sft_train: int = 4000  # expert traces: the fixed SFT set, reused for epochs when small
+    # operand counts of the expert traces' problems; None = train_operands. Narrower than the RL
+    # prompts mirrors traces that do not cover the problems RL and the test ask about.
+    sft_operands: list[int] | None = None
+    # share of expert traces (SFT set and the traces LUFFY injects) with one slipped step: one
+    # intermediate off by 1-2, the rest of the chain computed consistently from it, so the trace's
+    # final answer is wrong (the paper's distilled traces are not all correct)
+    trace_error_rate: float = 0.0
+    n_test: int = 1000
+    n_test_hard: int = 1000
+    n_val: int = 500  # validation split: like test, disjoint from every other split (for choosing)
     seed: int = 1234  # the data seed (independent of run.seed, so every run sees the same problems)
+    v1_draws: bool = False  # the first testbed's draw order (configs/testbed-v1.yaml only; see ArithTask)
 
 
 @dataclass
@@ -175,6 +188,10 @@ class BridgeConfig:
     lam_schedule: str = "constant"  # constant | linear (lam_start -> lam over the run)
     lam_start: float = 0.3
     meta: bool = True  # False: the paper's ablation, w trained with theta's loss (no -lam grad L2)
+    # thetahat's RL pass (Eq. 9) on "shared" rollouts sampled from theta + w (the paper's v3; ratio
+    # pi(thetahat, w) / pi_old(theta, w)) or on its "own": thetahat + w samples the same prompts
+    # (one more generation per step; on-policy, as grad_w J_RL(thetahat, w) is defined)
+    shadow_rollouts: str = "shared"
 
 
 @dataclass
@@ -211,7 +228,10 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 25  # periodic evaluation on the test split (0 = only at the start and end)
+    every: int = 25  # periodic evaluation (0 = only at the start and end)
+    # the split of the periodic evaluation: test, or val when choosing a testbed or a hyperparameter
+    # (then logged as eval_val/accuracy, and val is also scored at the start and the end)
+    split: str = "test"
     max_examples: int | None = None  # cap the periodic evaluation (None = the whole split)
     max_new_tokens: int | None = None  # None = rollout.max_new_tokens
     batch_size: int = 128
@@ -256,7 +276,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.scheduler": ("constant", "cosine"),
     "optim.optimizer": ("adamw", "sgd"),
     "bridge.lam_schedule": ("constant", "linear"),
+    "bridge.shadow_rollouts": ("shared", "own"),
     "train.sharding": ("auto", "none", "fsdp"),
+    "eval.split": ("test", "val"),
 }
 
 
@@ -353,6 +375,7 @@ def validate(cfg: Config) -> None:
         (cfg.rollout.temperature > 0, "rollout.temperature must be > 0"),
         (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
         (0 <= cfg.rollout.reward_noise < 0.5, "rollout.reward_noise must be in [0, 0.5)"),
+        (0 <= cfg.task.arith.trace_error_rate <= 1, "task.arith.trace_error_rate must be in [0, 1]"),
         (0 < cfg.bridge.lam <= 1, "bridge.lam must be in (0, 1]"),
         (0 < cfg.bridge.lam_start <= 1, "bridge.lam_start must be in (0, 1]"),
         (cfg.lora.r >= 1, "lora.r must be >= 1"),

@@ -20,7 +20,7 @@ from bridgerl.models.tiny import (
     pretrain,
 )
 from bridgerl.tasks.arith import ArithTask, format_fact
-from bridgerl.tasks.base import SFT_TRAIN, TEST, TEST_HARD
+from bridgerl.tasks.base import SFT_TRAIN, TEST, TEST_HARD, VAL
 
 BAND = (0.05, 0.30)  # intended greedy pass@1 of the base model on the test split
 TOL = 0.02  # slack for another CPU's float rounding
@@ -149,7 +149,7 @@ def test_greedy_helpers_restore_padding_side_and_training_mode(shipped, task):
 
 
 def test_corpus_never_contains_an_evaluation_question(task):
-    held = {e.question for e in task.split(TEST) + task.split(TEST_HARD)}
+    held = {e.question for e in task.split(TEST) + task.split(TEST_HARD) + task.split(VAL)}
     rng = random.Random(0)
     docs = [corpus_document(rng, task.config, held) for _ in range(20_000)]
     asked = {d[2 : d.index("=")] for d in docs if d.startswith("Q:")}

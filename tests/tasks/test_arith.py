@@ -60,15 +60,61 @@ def test_val_split_is_distinct_problems_like_test_in_no_other_split(task):
     assert {e.meta["operands"] for e in task.split(VAL)} == set(task.config.train_operands)
 
 
-def test_val_is_drawn_last_so_its_size_changes_no_other_split():
-    a, b = ArithTask(small(n_val=0)), ArithTask(small(n_val=50))
-    assert len(a.split(VAL)) == 0 and len(b.split(VAL)) == 50
-    for s in (RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD):
+def test_training_knobs_change_no_evaluation_problem():
+    a = ArithTask(small(n_val=50))
+    b = ArithTask(small(n_val=50, n_rl_train=17, n_sft_train=40, sft_operands=[3], trace_error_rate=0.5))
+    for s in (TEST, TEST_HARD, VAL):
         assert a.split(s) == b.split(s)
+    # and the trace error rate changes no training problem either, only some traces
+    c = ArithTask(small(n_val=50, trace_error_rate=0.5))
+    for s in (RL_TRAIN, SFT_TRAIN):
+        assert [e.question for e in a.split(s)] == [e.question for e in c.split(s)]
     # a space with fewer unused problems than n_val gives what is left instead of failing
     tiny = ArithTask(ArithConfig(train_operands=[2], hard_operands=[3], n_test=20, n_test_hard=20, n_rl_train=50,
                                  n_sft_train=50, n_val=200))
     assert 0 < len(tiny.split(VAL)) < 200
+
+
+def test_val_size_changes_neither_test_split():
+    a, b = ArithTask(small(n_val=0)), ArithTask(small(n_val=50))
+    assert len(a.split(VAL)) == 0 and len(b.split(VAL)) == 50
+    for s in (TEST, TEST_HARD):
+        assert a.split(s) == b.split(s)
+
+
+def test_sft_operands_narrow_the_traces_only():
+    task = ArithTask(small(sft_operands=[3]))
+    assert {e.meta["operands"] for e in task.split(SFT_TRAIN)} == {3}
+    assert {e.meta["operands"] for e in task.split(RL_TRAIN)} == set(task.config.train_operands)
+
+
+def test_slipped_traces_have_one_wrong_step_carried_on_and_a_wrong_answer():
+    task = ArithTask(small(trace_error_rate=0.3))
+    rows = task.split(SFT_TRAIN)
+    slipped = [e for e in rows if "trace_slip" in e.meta]
+    assert 0.2 < len(slipped) / len(rows) < 0.4
+    for e in slipped:
+        k, delta = e.meta["trace_slip"]
+        steps = e.solution.split(";")[:-1]
+        wrong = [i for i, st in enumerate(steps) if evaluate(*_fact(st)) != int(st.split("=")[1])]
+        assert wrong == [k] and delta in (-2, -1, 1, 2)
+        for prev, nxt in zip(steps, steps[1:]):  # carried on from the written (wrong) value
+            assert nxt.startswith(prev.split("=")[1] + "+")
+        assert task.grade(e, e.solution) == 0.0
+    assert all(task.grade(e, e.solution) == 1.0 for e in rows if "trace_slip" not in e.meta)
+
+
+def _fact(step: str) -> tuple[list[int], list[str]]:
+    left = step.split("=")[0]
+    a, b = left.split("+")
+    return [int(a), int(b)], ["+"]
+
+
+def test_v1_draws_reproduce_the_first_testbed_problems():
+    """configs/testbed-v1.yaml: the first testbed's splits, pinned by a few of their problems."""
+    v1 = ArithTask(ArithConfig(hard_operands=[6], n_test=200, n_test_hard=200, n_val=200, v1_draws=True))
+    got = [v1.split(s)[i].question for s in (TEST, TEST_HARD, RL_TRAIN, SFT_TRAIN, VAL) for i in (0, -1)]
+    assert got == V1_PINNED
 
 
 def test_test_has_training_operand_counts_and_hard_split_has_more(task):
@@ -195,3 +241,8 @@ def test_impossible_or_invalid_configs_raise_task_error():
         ArithTask(small(train_operands=[1]))
     with pytest.raises(TaskError):
         ArithTask(small(max_value=1, train_operands=[2], n_test=10))  # only 4 distinct problems
+
+
+# Taken from the first testbed's code (git history, before the v2 draw order), not from the current code.
+V1_PINNED = ['1+0+1+9', '3+8+6+7', '1+5+8+4+9+4', '5+0+1+1+3+1', '7+8+3+0', '2+7+6+5', '7+7+3+7', '3+4+3+3',
+             '7+8+7+3', '0+5+1+5']

@@ -11,6 +11,7 @@ import torch
 from bridgerl.config import ModelConfig
 
 EMBEDDED = "embedded"
+EMBEDDED_V1 = "embedded-v1"  # the first testbed's base model (configs/testbed-v1.yaml)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -82,6 +83,8 @@ def resolve(cfg: ModelConfig) -> str:
     name, gguf = cfg.name_or_path, cfg.gguf_file
     if name == EMBEDDED:
         return str(embedded_path())
+    if name == EMBEDDED_V1:
+        return str(embedded_path().with_name("tiny-arith-v1"))
     if name == SMOLLM2:
         return str(convert_gguf(smollm2_gguf()))
     path = Path(name).expanduser()

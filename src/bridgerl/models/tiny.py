@@ -12,7 +12,7 @@ model is a fair base model for the paper's story (docs/testbed-notes.md):
 - it has never seen a chain of thought after "A:", so it does not produce one: SFT on the
   expert chains must teach the format of chaining, not new arithmetic; RL can then sharpen it.
 
-No question of the `test` or `test_hard` split appears in the corpus. The shipped model
+No question of the `test`, `test_hard` or `val` split appears in the corpus. The shipped model
 (1,000 steps x 128 documents, ~3-5 min on a 2-core CPU) answers greedily 2 operands 100%,
 3 operands 100%, 4 (test) 13%, 5 4%, 6 (test_hard) 0%, every chain step 100%, and never
 writes a chain (assets/tiny-arith/pretrain_report.json).
@@ -42,7 +42,7 @@ from bridgerl.tasks.arith import (
     format_question,
     operand_bounds,
 )
-from bridgerl.tasks.base import TEST, TEST_HARD, Example, Task, render_prompt
+from bridgerl.tasks.base import TEST, TEST_HARD, VAL, Example, Task, render_prompt
 
 # The model shipped inside the package (built by `pretrain(EMBEDDED_DIR)` with the defaults).
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-arith"
@@ -264,7 +264,7 @@ def pretrain(out_dir: str | Path, *, steps: int = 1000, batch_size: int = 128, l
 def _pretrain(out_dir: Path, steps: int, batch_size: int, lr: float, seed: int, progress: bool,
               config: ArithConfig, threads: int | None) -> dict[str, Any]:
     task = ArithTask(config)
-    held_out = {e.question for e in task.split(TEST) + task.split(TEST_HARD)}
+    held_out = {e.question for e in task.split(TEST) + task.split(TEST_HARD) + task.split(VAL)}
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, seed)
     model.train()

@@ -11,16 +11,21 @@ pretraining, so SFT teaches the *format* of chaining, not new arithmetic (docs/t
 pitfall 1). Operators are applied strictly left to right ("3-5*2" is (3-5)*2 = -4), with no
 precedence, so every step is one practised fact.
 
-Splits (all drawn from `random.Random(ArithConfig.seed)`, never from a global RNG):
+Splits (each drawn from its own `random.Random`, seeded from `ArithConfig.seed`; never a global RNG):
   test       n_test distinct problems with `train_operands` operands
-  test_hard  n_test_hard distinct problems with `hard_operands` operands (out of distribution)
-  rl_train   n_rl_train problems (question + answer), `train_operands`, no question of either test split
-  sft_train  n_sft_train problems with the expert chain, same distribution as rl_train
-  val        up to n_val distinct problems like test, in no other split (drawn last, so the other
-             splits do not depend on it); for choosing hyperparameters without touching test
+  test_hard  n_test_hard distinct problems with `hard_operands` operands (longer than training)
+  val        up to n_val distinct problems like test, in neither test split; for choosing
+             hyperparameters without touching test
+  rl_train   n_rl_train problems (question + answer + a teacher trace), `train_operands`, no question
+             of an evaluation split
+  sft_train  n_sft_train problems with the teacher's trace, `sft_operands` (default train_operands),
+             no question of an evaluation split
+The evaluation splits are drawn first, so the training knobs (sizes, operand counts, trace errors)
+change no evaluation problem, and the base model's pretraining corpus holds all three out.
 rl_train and sft_train are drawn independently and may share questions (as the paper's RL and
 SFT data share MATH problems); a question may repeat inside a training split when the space
-of problems is small.
+of problems is small. A share `trace_error_rate` of the teacher's traces slips once (see
+`format_chain`); their examples keep the true answer, so a slipped trace grades 0.
 """
 
 from __future__ import annotations
@@ -76,12 +81,17 @@ def format_answer(value: int) -> str:
     return f"{ANSWER_MARK}{value}"
 
 
-def format_chain(operands: Sequence[int], ops: Sequence[str]) -> str:
-    """The expert solution: "3+4=7;7+5=12;12+2=14;#14"."""
+def format_chain(operands: Sequence[int], ops: Sequence[str], slip: tuple[int, int] | None = None) -> str:
+    """The expert solution: "3+4=7;7+5=12;12+2=14;#14".
+
+    slip=(k, delta): the teacher writes step k's result off by `delta` ("7+5=13") and carries on
+    correctly from the wrong value ("13+2=15;#15"), as a distilled trace with one mistake would.
+    """
     steps, value = [], operands[0]
-    for op, b in zip(ops, operands[1:], strict=True):
-        steps.append(format_fact(value, op, b))
-        value = apply_op(value, op, b)
+    for k, (op, b) in enumerate(zip(ops, operands[1:], strict=True)):
+        result = apply_op(value, op, b) + (slip[1] if slip is not None and slip[0] == k else 0)
+        steps.append(f"{value}{op}{b}={result}")
+        value = result
     return ";".join(steps + [format_answer(value)])
 
 
@@ -144,19 +154,42 @@ class ArithTask(Task):
         self.config = config = config if config is not None else ArithConfig()
         check_config(config)
         self._rng = random.Random(config.seed)
-        # Test splits first, so their contents do not depend on the training sizes.
+        if config.v1_draws:
+            self._draw_v1(config)
+            return
+        # Evaluation splits first, from the main RNG: no training knob changes them.
         self.splits[TEST] = self._unique(TEST, config.n_test, config.train_operands, exclude=set())
         self.splits[TEST_HARD] = self._unique(
             TEST_HARD, config.n_test_hard, config.hard_operands, exclude={e.question for e in self.splits[TEST]}
         )
         held_out = {e.question for e in self.splits[TEST]} | {e.question for e in self.splits[TEST_HARD]}
-        # RL problems carry their chain too (never used as a reward): LUFFY injects it into the group,
-        # as the paper's D_RL and D_SFT are the same problems with expert traces.
-        self.splits[RL_TRAIN] = self._draw(RL_TRAIN, config.n_rl_train, held_out, with_solution=True)
-        self.splits[SFT_TRAIN] = self._draw(SFT_TRAIN, config.n_sft_train, held_out, with_solution=True)
-        used = held_out | {e.question for s in (RL_TRAIN, SFT_TRAIN) for e in self.splits[s]}
         # At most n_val: small problem spaces (few operands) may have fewer unused problems left.
-        n_val = min(config.n_val, self._space(config.train_operands) - len(used))
+        n_val = max(0, min(config.n_val, self._space(config.train_operands) - len(held_out)))
+        self.splits[VAL] = self._unique(VAL, n_val, config.train_operands, exclude=held_out)
+        held_out |= {e.question for e in self.splits[VAL]}
+        # Training splits, each from an RNG of its own. RL problems carry a teacher trace too (never
+        # used as a reward): LUFFY injects it into the group, as the paper's D_RL and D_SFT are the
+        # same problems with expert traces.
+        sft_operands = config.sft_operands or config.train_operands
+        self.splits[RL_TRAIN] = self._draw(RL_TRAIN, config.n_rl_train, config.train_operands, held_out,
+                                           random.Random(config.seed * 1000 + 1))
+        self.splits[SFT_TRAIN] = self._draw(SFT_TRAIN, config.n_sft_train, sft_operands, held_out,
+                                            random.Random(config.seed * 1000 + 2))
+
+    def _draw_v1(self, config: ArithConfig) -> None:
+        """The first testbed's draws (the `testbed-v1` preset): every split from the main RNG in the
+        order test, test_hard, rl_train, sft_train, val, so its problems are exactly the ones its base
+        model (assets/tiny-arith-v1) held out, and val depends on the training sizes."""
+        self.splits[TEST] = self._unique(TEST, config.n_test, config.train_operands, exclude=set())
+        self.splits[TEST_HARD] = self._unique(
+            TEST_HARD, config.n_test_hard, config.hard_operands, exclude={e.question for e in self.splits[TEST]}
+        )
+        held_out = {e.question for e in self.splits[TEST]} | {e.question for e in self.splits[TEST_HARD]}
+        self.splits[RL_TRAIN] = self._draw(RL_TRAIN, config.n_rl_train, config.train_operands, held_out, self._rng)
+        self.splits[SFT_TRAIN] = self._draw(SFT_TRAIN, config.n_sft_train, config.sft_operands or config.train_operands,
+                                            held_out, self._rng)
+        used = held_out | {e.question for s in (RL_TRAIN, SFT_TRAIN) for e in self.splits[s]}
+        n_val = max(0, min(config.n_val, self._space(config.train_operands) - len(used)))
         self.splits[VAL] = self._unique(VAL, n_val, config.train_operands, exclude=used)
 
     # -- generation -------------------------------------------------------------------------
@@ -166,13 +199,14 @@ class ArithTask(Task):
         ops = [rng.choice(self.config.ops) for _ in range(n_operands - 1)]
         return operands, ops
 
-    def make_example(self, split: str, i: int, operands: list[int], ops: list[str], with_solution: bool = True) -> Example:
+    def make_example(self, split: str, i: int, operands: list[int], ops: list[str], with_solution: bool = True,
+                     slip: tuple[int, int] | None = None) -> Example:
         return Example(
             id=f"{split}-{i}",
             question=format_question(operands, ops),
             answer=str(evaluate(operands, ops)),
-            solution=format_chain(operands, ops) if with_solution else None,
-            meta={"operands": len(operands)},
+            solution=format_chain(operands, ops, slip) if with_solution else None,
+            meta={"operands": len(operands), **({"trace_slip": list(slip)} if slip else {})},
         )
 
     def _space(self, counts: list[int]) -> int:
@@ -193,16 +227,27 @@ class ArithTask(Task):
                 out.append(self.make_example(split, len(out), operands, ops))
         return out
 
-    def _draw(self, split: str, n: int, exclude: set[str], with_solution: bool) -> list[Example]:
-        counts = self.config.train_operands
-        if n and self._space(counts) <= len(exclude):
-            raise TaskError(f"task.arith: the test splits use up every {counts}-operand problem; lower n_test")
+    def _draw(self, split: str, n: int, counts: list[int], exclude: set[str], rng: random.Random) -> list[Example]:
+        """n training problems (repeats allowed) with teacher traces, drawn from `rng`."""
+        if n and self._space(counts) <= self._n_with(exclude, counts):
+            raise TaskError(f"task.arith: the evaluation splits use up every {counts}-operand problem; lower n_test")
+        # Slips come from an RNG of their own, so trace_error_rate changes no problem.
+        slips = random.Random(f"{self.config.seed}-{split}-slips")
         out: list[Example] = []
         while len(out) < n:
-            operands, ops = self.sample_problem(self._rng, self._rng.choice(counts))
-            if format_question(operands, ops) not in exclude:
-                out.append(self.make_example(split, len(out), operands, ops, with_solution))
+            operands, ops = self.sample_problem(rng, rng.choice(counts))
+            if format_question(operands, ops) in exclude:
+                continue
+            slip = None
+            if self.config.trace_error_rate and slips.random() < self.config.trace_error_rate:
+                slip = (slips.randrange(len(ops)), slips.choice((-2, -1, 1, 2)))
+            out.append(self.make_example(split, len(out), operands, ops, True, slip))
         return out
+
+    @staticmethod
+    def _n_with(questions: set[str], counts: list[int]) -> int:
+        """How many of `questions` have one of the operand counts (operands are non-negative)."""
+        return sum(1 for q in questions if sum(q.count(op) for op in ALLOWED_OPS) + 1 in counts)
 
     # -- the contract -----------------------------------------------------------------------
 

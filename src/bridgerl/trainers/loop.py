@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bridgerl.config import Config, ConfigError, dump_yaml
 from bridgerl.eval.evaluate import evaluate, write_records
 from bridgerl.models.loading import load
-from bridgerl.models.lora import save_adapter, save_merged, swapped
+from bridgerl.models.lora import save_adapter, save_merged
 from bridgerl.tasks import build_task
-from bridgerl.tasks.base import TEST, TEST_HARD, Task
+from bridgerl.tasks.base import TEST, TEST_HARD, VAL, Task
+from bridgerl.trainers.phases import policy
 from bridgerl.trainers.recipes import STEPS
 from bridgerl.trainers.state import TrainState, build_state
 from bridgerl.utils.distributed import init_distributed
@@ -73,7 +73,7 @@ def eval_split(st: TrainState, split: str, *, limit: int | None = None, shadow: 
         width = -(-len(examples) // st.dist.world)
         mine = mine + examples[: width - n_mine]
     max_new = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
-    with st.timer("eval"), _policy(st, shadow):
+    with st.timer("eval"), policy(st, shadow):
         res = evaluate(st.engine, st.tokenizer, st.task, mine, max_new_tokens=max_new,
                        batch_size=cfg.eval.batch_size, k=k, temperature=cfg.eval.temperature, keep=n_mine)
     if st.dist.world > 1:  # every metric is a mean over problems: weight by shard sizes
@@ -84,27 +84,12 @@ def eval_split(st: TrainState, split: str, *, limit: int | None = None, shadow: 
     return res.accuracy, res
 
 
-@contextmanager
-def _policy(st: TrainState, shadow: bool) -> Iterator[None]:
-    """Sample from theta + w, or from thetahat + w (the shadow's own module when sharded)."""
-    if not shadow:
-        yield
-    elif "shadow" in st.views:
-        engine_model, st.engine.model = st.engine.model, st.views["shadow"]
-        try:
-            yield
-        finally:
-            st.engine.model = engine_model
-    else:
-        with swapped(st.theta, st.shadow):
-            yield
-
-
 def periodic_eval(st: TrainState) -> dict[str, float]:
-    limit = st.cfg.eval.max_examples
-    out = {"eval/accuracy": eval_split(st, TEST, limit=limit)[0]}
+    limit, split = st.cfg.eval.max_examples, st.cfg.eval.split
+    key = "eval" if split == TEST else f"eval_{split}"  # val curves are never mistaken for test ones
+    out = {f"{key}/accuracy": eval_split(st, split, limit=limit)[0]}
     if st.shadow is not None and st.cfg.eval.shadow:
-        out["eval_shadow/accuracy"] = eval_split(st, TEST, limit=limit, shadow=True)[0]
+        out[f"{key}_shadow/accuracy"] = eval_split(st, split, limit=limit, shadow=True)[0]
     return out
 
 
@@ -115,8 +100,8 @@ def final_eval(st: TrainState, run_dir: Path | None, prefix: str = "") -> dict[s
     if st.shadow is not None and st.cfg.eval.shadow and not prefix:
         variants.append(("shadow/", True))
     for tag, shadow in variants:
-        for split, key in ((TEST, "eval"), (TEST_HARD, "eval_hard")):
-            if not st.task.split(split):
+        for split, key in ((TEST, "eval"), (TEST_HARD, "eval_hard"), (VAL, "eval_val")):
+            if not st.task.split(split) or (split == VAL and st.cfg.eval.split != VAL):
                 continue
             acc, res = eval_split(st, split, shadow=shadow, k=st.cfg.eval.k)
             for name, value in res.metrics.items():

@@ -7,6 +7,8 @@ accumulated gradient equals the full-batch gradient whatever the micro-batch siz
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +19,7 @@ from bridgerl.rollout.base import Rollout, SamplingParams
 from bridgerl.tasks.base import Example, render_prompt
 from bridgerl.trainers.batch import TokenBatch, encode_pairs, from_rollout, sequence_logprobs
 from bridgerl.trainers.state import TrainState
+from bridgerl.models.lora import swapped
 from bridgerl.utils.sharding import is_sharded
 
 
@@ -76,10 +79,11 @@ def rl_prompts(st: TrainState) -> list[Example]:
     return [st.rl_examples[i] for i in st.dist.shard(st.rl_sampler.take(st.cfg.rollout.prompts_per_step))]
 
 
-def rl_batch(st: TrainState, metrics: dict[str, float]) -> RLBatch:
-    """Sample prompts, roll out G completions each from the current policy, grade, advantages."""
+def rl_batch(st: TrainState, metrics: dict[str, float], examples: list[Example] | None = None) -> RLBatch:
+    """Roll out G completions per prompt from the current policy, grade, advantages.
+    examples: the step's prompts (default: the next ones from the sampler)."""
     cfg = st.cfg
-    examples = rl_prompts(st)
+    examples = rl_prompts(st) if examples is None else examples
     G = cfg.rollout.num_generations
     rollout, rewards, rows = generate_and_grade(st, examples, G)
     metrics.update(rollout_metrics(rollout, rewards, G))
@@ -92,6 +96,22 @@ def rl_batch(st: TrainState, metrics: dict[str, float]) -> RLBatch:
         if keep.any():
             out = RLBatch([r for r, k in zip(rows, keep.tolist()) if k], out.batch.select(keep), rewards[keep], adv[keep])
     return out
+
+
+@contextmanager
+def policy(st: TrainState, shadow: bool) -> Iterator[None]:
+    """Sample from theta + w, or from thetahat + w (the shadow's own module when sharded)."""
+    if not shadow:
+        yield
+    elif "shadow" in st.views:
+        engine_model, st.engine.model = st.engine.model, st.views["shadow"]
+        try:
+            yield
+        finally:
+            st.engine.model = engine_model
+    else:
+        with swapped(st.theta, st.shadow):
+            yield
 
 
 def sft_batch(st: TrainState) -> TokenBatch:

@@ -14,8 +14,8 @@ import torch
 from bridgerl.algos import combine_lora_grads, group_advantages, lam_at
 from bridgerl.tasks.base import render_prompt
 from bridgerl.trainers.batch import concat, encode_pairs, from_rollout
-from bridgerl.trainers.phases import (RLBatch, generate_and_grade, optimizer_step, rl_batch, rl_pass, rl_prompts,
-                                      rollout_metrics, sft_batch, sft_pass, start_stage)
+from bridgerl.trainers.phases import (RLBatch, generate_and_grade, optimizer_step, policy, rl_batch, rl_pass,
+                                      rl_prompts, rollout_metrics, sft_batch, sft_pass, start_stage)
 from bridgerl.trainers.state import TrainState
 
 Metrics = dict[str, float]
@@ -130,13 +130,16 @@ def bridge_step(st: TrainState) -> Metrics:
     """One BRIDGE iteration (method.md section 4, Eqs. 7-9).
 
     One rollout from pi(theta, w); pass 1: (1-lam) L_SFT + lam L_RL at theta -> theta.grad, g1;
-    pass 2: L_RL at thetahat on the same rollouts -> thetahat.grad, g2; w.grad = g1 - lam g2;
-    three optimizer steps. All gradients are taken at the iteration's start (simultaneous).
+    pass 2: L_RL at thetahat -> thetahat.grad, g2; w.grad = g1 - lam g2; three optimizer steps.
+    All gradients are taken at the iteration's start (simultaneous). Pass 2 uses theta's rollouts
+    (ratio against pi_old(theta, w), `bridge.shadow_rollouts=shared`, the paper's v3) or rollouts
+    thetahat + w samples itself for the same prompts (`own`, on-policy: docs/decisions.md).
     """
     cfg = st.cfg
     lam = lam_at(st.step, cfg.train.steps, cfg.bridge.lam_schedule, cfg.bridge.lam, cfg.bridge.lam_start)
     m: Metrics = {"bridge/lam": lam}
-    rb = rl_batch(st, m)
+    examples = rl_prompts(st)
+    rb = rl_batch(st, m, examples)
     batch = sft_batch(st)
 
     with st.timer("sft_fwd_bwd"):  # pass 1, SFT term: (1 - lam) grad L_SFT(theta, w)
@@ -150,16 +153,25 @@ def bridge_step(st: TrainState) -> Metrics:
         g1 = [p.grad for p in lora]
         for p in lora:
             p.grad = None
-        with st.timer("shadow_fwd_bwd"):  # pass 2: grad L_RL(thetahat, w), ratio against pi_old(theta, w)
-            l_hat, logp_hat, hm = rl_pass(st, rb, params=st.shadow, old_logp=logp_old)
+        own = cfg.bridge.shadow_rollouts == "own"
+        if own:  # thetahat + w samples the same prompts itself: J_RL(thetahat, w) on its own policy
+            sm: Metrics = {}
+            with policy(st, shadow=True):
+                rb_hat = rl_batch(st, sm, examples)
+            m.update({f"shadow/{k}": v for k, v in sm.items()})
+            m["bridge/reward_gain"] = m["reward"] - sm["reward"]  # J_RL(theta, w) - J_RL(thetahat, w), rewards
+        with st.timer("shadow_fwd_bwd"):  # pass 2: grad L_RL(thetahat, w)
+            l_hat, logp_hat, hm = rl_pass(st, rb_hat if own else rb, params=st.shadow,
+                                          old_logp=None if own else logp_old)
         g2 = [p.grad for p in lora]
         for p, g in zip(lora, combine_lora_grads(g1, g2, lam, meta=True)):  # Eq. 8
             p.grad = g
         m["loss/rl_shadow"] = l_hat
         # The cooperative gain on this batch, J_RL(theta, w) - J_RL(thetahat, w) (Eq. 10 bracket).
         m["bridge/coop_gain"] = l_hat - m["loss/rl"]
-        mask = rb.batch.completion_mask.bool()
-        m["shadow/logp_gap"] = (logp_hat - logp_old)[mask].mean().item() if mask.any() else 0.0
+        if not own:
+            mask = rb.batch.completion_mask.bool()
+            m["shadow/logp_gap"] = (logp_hat - logp_old)[mask].mean().item() if mask.any() else 0.0
         m["shadow/clip_ratio/region_mean"] = hm.get("clip_ratio/region_mean", 0.0)
     optimizer_step(st, ("theta", "lora", "shadow") if st.shadow is not None else ("theta", "lora"), m)
     return m
