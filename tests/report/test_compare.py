@@ -287,6 +287,14 @@ def test_a_finished_run_with_other_settings_is_detected() -> None:
     assert config_mismatch({**rates, "train": {"steps": 5}}, trained)[0].startswith("baseline.cold_start_rl_lr")
 
 
+def test_bridge_only_settings_do_not_make_other_recipes_runs_stale() -> None:
+    """A finished sft run stays valid when only bridge's adapter, shadow or lam settings change."""
+    bridge_only = {"optim": {"lora_lr": 1e-3, "shadow_lr": 1e-4}, "bridge": {"shadow_rollouts": "shared", "lam": 0.3}}
+    changed = ["optim.lora_lr=3e-4", "optim.shadow_lr=3e-4", "bridge.shadow_rollouts=own", "bridge.lam=0.5"]
+    assert config_mismatch(bridge_only, load_config(None, ["recipe=sft", *changed])) == []
+    assert len(config_mismatch(bridge_only, load_config(None, ["recipe=bridge", *changed]))) == 4
+
+
 # -- the written report -----------------------------------------------------------------------------
 
 def test_report_from_synthetic_runs(tmp_path: Path) -> None:

@@ -188,6 +188,8 @@ def config_mismatch(stored: dict[str, Any], planned: Config) -> list[str]:
     A run of zero steps (base) trains nothing, so its optimizer settings cannot differ in effect."""
     a, b = _flat(stored), _flat(to_dict(planned))
     ignored = ("log.", "run.overwrite", "resume") + (("optim.", "baseline.") if planned.train.steps == 0 else ())
+    if planned.recipe != "bridge":  # only bridge has an adapter, a shadow and a lam
+        ignored += ("bridge.", "lora.", "optim.lora_lr", "optim.shadow_lr")
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
             if a[k] != b[k] and not k.startswith(ignored)]
 
