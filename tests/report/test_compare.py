@@ -281,8 +281,8 @@ def test_a_finished_run_with_other_settings_is_detected() -> None:
     assert config_mismatch(stored, cfg) == ["train.steps: 2 -> 5"]
     # base (zero steps) is the same model whatever its rates; a trained run is not
     base = load_config(None, ["recipe=sft", "train.steps=0"])
-    rates = {"train": {"steps": 0}, "optim": {"lr": 1e-3}, "baseline": {"cold_start_rl_lr": 1.0}}
-    assert base.optim.lr != 1e-3 and config_mismatch(rates, base) == []
+    rates = {"train": {"steps": 0}, "optim": {"lr": 5e-2}, "baseline": {"cold_start_rl_lr": 1.0}}
+    assert base.optim.lr != 5e-2 and config_mismatch(rates, base) == []
     trained = load_config(None, ["recipe=sft", "train.steps=5"])
     assert config_mismatch({**rates, "train": {"steps": 5}}, trained)[0].startswith("baseline.cold_start_rl_lr")
 
