@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from bridgerl.report.stats import (FAILS, HOLDS, UNCLEAR, Interval, bootstrap_mean, combine, equivalence,
-                                   expanded_alpha, paired, seed_band, t_interval, t_quantile, verdict)
+from bridgerl.report.stats import (FAILS, HOLDS, UNCLEAR, Interval, bootstrap_mean, combine, effective_n,
+                                   equivalence, expanded_alpha, paired, seed_band, t_interval, t_quantile, verdict)
 
 
 # -- hand-checkable cases -----------------------------------------------------------------------
@@ -107,6 +107,24 @@ def test_few_seeds_widen_the_interval_towards_the_t_interval() -> None:
     _, lo, hi = t_interval(x)
     assert widened.hi - widened.lo > 1.3 * (plain[1] - plain[0])
     assert widened.hi - widened.lo > 0.75 * (hi - lo)
+
+
+def test_the_widening_follows_the_part_of_the_variance_that_few_seeds_estimate() -> None:
+    rng = np.random.default_rng(5)
+    problems = rng.normal(0.0, 1.0, size=(1, 1000))
+    assert effective_n(np.array([[0.1], [0.3], [0.2], [0.6], [0.4]])) == 5  # seeds only: n = seeds
+    assert effective_n(np.full((5, 10), 0.3)) == 10  # no spread at all
+    # 5 seeds that agree: the spread is the problems', estimated from 1,000 of them, so no widening
+    agree = problems + rng.normal(0.0, 0.01, size=(5, 1000))
+    assert effective_n(agree) > 500
+    iv = bootstrap_mean(agree)
+    se = float(agree.mean(0).std(ddof=1)) / math.sqrt(1000)
+    assert (iv.hi - iv.lo) / 2 == pytest.approx(1.96 * se, rel=0.1)
+    # 5 seeds that disagree far more than the problems do: widened like a t with 4 degrees of freedom
+    disagree = 0.01 * problems + rng.normal(0.0, 1.0, size=(5, 1))
+    assert effective_n(disagree) == 5
+    _, lo, hi = t_interval(disagree.mean(1))
+    assert bootstrap_mean(disagree).hi - bootstrap_mean(disagree).lo > 0.75 * (hi - lo)
 
 
 def test_crossed_bootstrap_matches_the_normal_approximation_with_seed_and_problem_effects() -> None:

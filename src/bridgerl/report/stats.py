@@ -21,8 +21,11 @@ Choices, stated once:
   divisor n, and normal quantiles): with 5 seeds a nominal 95% interval covers about 85%. The tail
   probability is therefore narrowed as in the expanded percentile bootstrap (Hesterberg 2015, "What
   teachers should know about the bootstrap", 4.2): alpha' / 2 = Phi(-sqrt(n / (n - 1)) t_{n-1, 1 - alpha / 2}),
-  which for a normal mean gives the t interval's width. n is the number of seeds (of problems when
-  there is one seed); with many seeds it is the plain percentile interval. The bootstrap cannot
+  which for a normal mean gives the t interval's width. The variance of the mean has a seed part
+  (estimated from few seeds) and a problem part (from many problems); n - 1 is their Welch-Satterthwaite
+  degrees of freedom (rounded down), so a seed part from 5 seeds is widened as a t with 4 degrees of
+  freedom and a problem part from 1,000 problems hardly at all. With many seeds, or when problems
+  dominate, it is the plain percentile interval. The bootstrap cannot
   reach beyond the values it resamples: with 2 or 3 seeds the interval is about the range of the
   seeds' values, still narrower than the t interval, so a verdict needs 5 or more seeds to mean much.
 - Seeded (numpy's default_rng), so a report is reproducible.
@@ -40,6 +43,7 @@ import numpy as np
 
 HOLDS, FAILS, UNCLEAR = "holds", "does not hold", "not distinguishable"
 N_BOOT = 4000
+BAND_BOOT = 1000  # per plotted point: a band is read by eye, and there are hundreds of points per curve
 LEVEL = 0.95
 TOL = 1e-12  # a bound within TOL of 0 does not exclude 0 (float noise in a mean of equal values)
 
@@ -122,6 +126,18 @@ def t_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float, 
     return m, m - half, m + half
 
 
+def effective_n(d: np.ndarray) -> int:
+    """1 + the Welch-Satterthwaite degrees of freedom (rounded down) of the mean of d[seeds, problems]:
+    its variance is about V_s + V_p, V_s = var(seed means) / seeds (seeds - 1 df) and V_p =
+    var(problem means) / problems (problems - 1 df). A matrix without spread counts as many units."""
+    n_seeds, n_problems = d.shape
+    parts = [(float(np.var(d.mean(axis), ddof=1)) / n, n - 1) for axis, n in ((1, n_seeds), (0, n_problems)) if n > 1]
+    total = sum(v for v, _ in parts)
+    if total <= 0:
+        return max(n_seeds, n_problems)
+    return 1 + int(total ** 2 / sum(v ** 2 / df for v, df in parts))
+
+
 # -- the bootstrap ------------------------------------------------------------------------------
 
 @lru_cache(maxsize=8)
@@ -144,13 +160,13 @@ def bootstrap_mean(d: np.ndarray, *, n_boot: int = N_BOOT, level: float = LEVEL,
     n_seeds, n_problems = d.shape
     per_seed = d @ _counts(n_problems, n_boot, seed, 0).T / n_problems  # [seeds, n_boot]: mean over drawn problems
     stats = np.einsum("bs,sb->b", _counts(n_seeds, n_boot, seed, 1), per_seed) / n_seeds  # [n_boot]
-    alpha = expanded_alpha(1.0 - level, n_seeds if n_seeds > 1 else n_problems)
+    alpha = expanded_alpha(1.0 - level, effective_n(d))
     lo, hi = np.quantile(stats, [alpha / 2, 1.0 - alpha / 2])
     mean = float(d.mean())
     return Interval(mean, min(float(lo), mean), max(float(hi), mean), n_seeds, n_problems, level)
 
 
-def seed_band(table: np.ndarray, *, n_boot: int = N_BOOT, level: float = LEVEL,
+def seed_band(table: np.ndarray, *, n_boot: int = BAND_BOOT, level: float = LEVEL,
               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per column of table[seeds, x] (NaN = that seed has no value there; every column has one):
     the CI of the mean over the seeds present, by the same expanded bootstrap over seeds (no band
