@@ -113,12 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="run several recipes x seeds on one budget; table, report and plots")
     p.add_argument("--recipes", nargs="+", default=None)
-    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--seeds", type=int, default=5,
+                   help="run.seed 0..N-1 per recipe (default 5: the report's CIs resample seeds)")
     p.add_argument("--steps", type=int, default=None, help="equal optimizer steps per recipe")
     p.add_argument("--minutes", type=float, default=None, help="equal wall-clock per recipe")
     p.add_argument("--name", default="default")
     p.add_argument("--reward-noise", type=float, default=None, help="flip each reward with this probability")
     p.add_argument("--lam-sweep", nargs="*", type=float, default=None, help="bridge.lam values to sweep")
+    p.add_argument("--meta-ablation", action="store_true",
+                   help="also run bridge with bridge.meta=false (group bridge-meta-off) for the meta-objective claim")
     p.add_argument("--lr-sweep", nargs="+", type=float, default=None,
                    help="run every recipe at each of these optim.lr values and pick each recipe's rate by its "
                         "final accuracy on the task's val split (never test)")
@@ -132,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("plot", help="draw the curves of existing runs")
-    p.add_argument("runs", nargs="+")
+    p.add_argument("runs", nargs="+", help="run folders (each its own line, unless its compare folder lists it as "
+                                           "a seed of a group: then a mean with a 95%% CI band) or compare folders")
     p.add_argument("--out", default=None, help="output folder (default: the first run's parent)")
     p.set_defaults(fn=cmd_plot)
     return parser

@@ -1,4 +1,5 @@
-"""plots: grouping by recipe, mean / min-max bands over seeds, and valid PNG files."""
+"""plots: a line per run folder unless compare made them seeds of one group, mean with a 95% CI band
+over seeds, valid PNG files, and `bridgerl plot`'s user errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from bridgerl.report.plots import build_figures, group_runs, grouped_curves, load_run, plot_runs, rolling_mean, series
+from bridgerl.config import ConfigError
+from bridgerl.report.plots import (build_figures, group_runs, grouped_curves, load_run, plot_runs, rolling_mean,
+                                   runs_from_paths, series)
+from bridgerl.report.stats import t_interval
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -36,23 +40,80 @@ def write_run(root: Path, name: str, recipe: str, accs: dict[int, float], final:
     return d
 
 
+def mark_as_compare(root: Path, run_dirs: list[Path]) -> None:
+    """The results.json that `bridgerl compare` leaves beside its runs: label and seed of each."""
+    records = [{"run_dir": d.name, "label": d.name.rsplit("-s", 1)[0], "seed": int(d.name.rsplit("-s", 1)[1])}
+               for d in run_dirs]
+    (root / "results.json").write_text(json.dumps({"settings": {}, "runs": records}))
+
+
 @pytest.fixture
 def runs(tmp_path: Path) -> list[Path]:
-    return [
+    """Five runs of one compare (base, grpo x 2 seeds, bridge, a lam point)."""
+    dirs = [
         write_run(tmp_path, "base-s0", "sft", {0: 0.1}, 0.1, steps=0),
         write_run(tmp_path, "grpo-s0", "grpo", {0: 0.1, 2: 0.2}, 0.3, reward=0.0),
         write_run(tmp_path, "grpo-s1", "grpo", {0: 0.1, 2: 0.4}, 0.5, reward=0.2, dt=2.0),
         write_run(tmp_path, "bridge-s0", "bridge", {0: 0.1, 2: 0.3}, 0.6, bridge=True),
         write_run(tmp_path, "bridge-lam0.3-s0", "bridge", {0: 0.1, 2: 0.2}, 0.4, bridge=True),
     ]
+    mark_as_compare(tmp_path, dirs)
+    return dirs
 
 
-def test_runs_group_by_directory_prefix_in_paper_order(runs: list[Path], tmp_path: Path) -> None:
-    odd = write_run(tmp_path, "my-run", "chord", {0: 0.1}, 0.2)
-    groups = group_runs([*reversed(runs), odd])
-    assert list(groups) == ["base", "grpo", "chord", "bridge", "bridge-lam0.3"]
+def _labels(fig) -> list[str]:
+    return fig.axes[0].get_legend_handles_labels()[1]
+
+
+def test_runs_listed_by_a_compare_are_seeds_of_their_group_in_paper_order(runs: list[Path]) -> None:
+    groups = group_runs(list(reversed(runs)))
+    assert list(groups) == ["base", "grpo", "bridge", "bridge-lam0.3"]
     assert sorted(r.seed for r in groups["grpo"]) == [0, 1]
-    assert groups["chord"][0].path == odd  # no -s<seed> suffix: the config's recipe names the group
+    assert [g for g, rs in group_runs([runs[0].parent]).items()] == list(groups)  # the compare folder itself
+
+
+def test_plot_labels_each_run_by_its_folder_outside_a_compare(tmp_path: Path) -> None:
+    """Two bridge runs of 3 and 250 steps are two lines, never one "bridge (2 seeds)" line."""
+    short = write_run(tmp_path, "a", "bridge", {0: 0.1}, 0.2, steps=3)
+    long = write_run(tmp_path, "b", "bridge", {0: 0.1, 100: 0.4}, 0.5, steps=250)
+    seedish = write_run(tmp_path, "grpo-s0", "grpo", {0: 0.1}, 0.2)  # a compare-like name, but no compare lists it
+    seedish2 = write_run(tmp_path, "grpo-s1", "grpo", {0: 0.1}, 0.3)
+    groups = group_runs([short, long, seedish, seedish2])
+    assert sorted(groups) == ["a", "b", "grpo-s0", "grpo-s1"] and all(len(rs) == 1 for rs in groups.values())
+    fig = build_figures([short, long])["accuracy_vs_step.png"]
+    assert _labels(fig) == ["a", "b"]  # no "(1 seed)": these are not seeds of anything
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_runs_of_one_name_in_two_places_and_of_two_compares_are_told_apart(tmp_path: Path) -> None:
+    x = write_run(tmp_path / "x", "bridge", "bridge", {0: 0.1}, 0.2)
+    y = write_run(tmp_path / "y", "bridge", "bridge", {0: 0.1}, 0.3)
+    assert sorted(group_runs([x, y])) == ["x/bridge", "y/bridge"]
+    one = write_run(tmp_path / "compare-one", "bridge-s0", "bridge", {0: 0.1}, 0.2)
+    two = write_run(tmp_path / "compare-two", "bridge-s0", "bridge", {0: 0.1}, 0.3)
+    mark_as_compare(one.parent, [one])
+    mark_as_compare(two.parent, [two])
+    assert sorted(group_runs([one, two])) == ["compare-one/bridge", "compare-two/bridge"]
+    assert list(group_runs([one])) == ["bridge"]
+    assert sorted(group_runs([one, tmp_path / "x" / "bridge"])) == ["bridge", "x/bridge"]  # a folder named as a group
+
+
+def test_plot_on_a_missing_or_empty_folder_exits_2_with_one_line_and_writes_nothing(
+        runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bridgerl.cli import main
+
+    out = tmp_path / "figs"
+    for bad, message in ((tmp_path / "nope", "no run folder"), (tmp_path / "empty", "holds no run")):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(SystemExit) as exc:
+            main(["plot", str(runs[1]), str(bad), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    with pytest.raises(ConfigError, match="no run folder"):
+        runs_from_paths([tmp_path / "nope"])
 
 
 def test_accuracy_curve_ends_with_the_final_evaluation(runs: list[Path]) -> None:
@@ -62,13 +123,20 @@ def test_accuracy_curve_ends_with_the_final_evaluation(runs: list[Path]) -> None
     assert t.tolist() == [2.0, 4.0, 6.0]  # the final point sits at the last logged time
 
 
-def test_band_is_mean_and_min_max_over_seeds(runs: list[Path]) -> None:
+def test_band_is_the_mean_with_its_95_ci_over_seeds(runs: list[Path], tmp_path: Path) -> None:
     band = grouped_curves(runs, "eval/accuracy")["grpo"]
     assert band.x.tolist() == [0, 2, 4]
     np.testing.assert_allclose(band.mean, [0.1, 0.3, 0.4])
-    np.testing.assert_allclose(band.lo, [0.1, 0.2, 0.3])
+    np.testing.assert_allclose(band.lo, [0.1, 0.2, 0.3])  # two seeds: the bootstrap CI is their range
     np.testing.assert_allclose(band.hi, [0.1, 0.4, 0.5])
     assert band.n.tolist() == [2, 2, 2]
+    finals = [0.30, 0.42, 0.51, 0.38, 0.47, 0.55, 0.33, 0.44]
+    many = [write_run(tmp_path / "many", f"mix-s{i}", "mix", {0: 0.1}, acc) for i, acc in enumerate(finals)]
+    mark_as_compare(tmp_path / "many", many)
+    band = grouped_curves(many, "eval/accuracy")["mix"]
+    _, lo, hi = t_interval(np.array(finals))
+    assert min(finals) < band.lo[-1] < np.mean(finals) < band.hi[-1] < max(finals)  # a CI, not the min-max range
+    assert band.hi[-1] - band.lo[-1] == pytest.approx(hi - lo, rel=0.35)
 
 
 def test_wall_clock_band_holds_a_finished_seed_at_its_final_accuracy(runs: list[Path]) -> None:

@@ -25,6 +25,8 @@ Choices, stated once:
   switches to RL after as many SFT steps as the same-seed `sft` run finished in the first half of
   its training time (unless baseline.sft_steps is set).
 - --reward-noise applies to every recipe that samples rewards (all but base and sft).
+- --meta-ablation adds the group bridge-meta-off (bridge.meta=false), the paper's ablation. The
+  report's CIs and verdicts (report.claims, report.stats) pair runs by seed and by test problem.
 - Peak memory is measured per run: the process peak RSS is reset before each run (Linux
   /proc/self/clear_refs); without that, sequential runs would inherit each other's peaks. A child
   process's peak is its own ru_maxrss, from os.wait4 (RUSAGE_CHILDREN would merge all children).
@@ -60,9 +62,10 @@ from rich.text import Text
 
 from bridgerl.config import RECIPES, Config, ConfigError, load_config, to_dict
 from bridgerl.report.jobs import Children, last_line, thread_env
+from bridgerl.report.claims import META_OFF, Evidence, add_intervals, claims, render_claims
 from bridgerl.report.plots import Run, group_runs, load_run, order_key, plot_runs
 from bridgerl.report.lr_sweep import lr_extensions, lr_of, val_accuracy
-from bridgerl.report.summary import EPS, claims, lr_selection, render_report, summarize
+from bridgerl.report.summary import EPS, lr_selection, render_report, summarize
 from bridgerl.tasks import build_task
 from bridgerl.tasks.base import VAL
 
@@ -139,6 +142,8 @@ def plan_runs(ns: argparse.Namespace, base_cfg: Config) -> list[PlannedRun]:
             console.print(f"lam sweep: lam={lam:g} is the bridge runs' own lam; they serve as that point")
             continue
         labels.append((f"bridge-lam{lam:g}", "bridge", budget + noise + [f"bridge.lam={lam}"]))
+    if ns.meta_ablation:  # the paper's ablation: bridge without w's meta-gradient, same everything else
+        labels.append((META_OFF, "bridge", budget + noise + ["bridge.meta=false"]))
 
     plan = []
     for seed in range(ns.seeds):
@@ -253,7 +258,7 @@ def run_compare(ns: argparse.Namespace) -> int:
                       "complete, since train.steps is set far beyond what the time allows[/yellow]")
     settings = {"name": ns.name, "recipes": sorted({p.label for p in plan}, key=order_key), "seeds": ns.seeds,
                 "steps": ns.steps, "minutes": ns.minutes, "reward_noise": ns.reward_noise, "lam_sweep": ns.lam_sweep,
-                "lr_sweep": ns.lr_sweep, "lr_extend": ns.lr_extend,
+                "meta_ablation": ns.meta_ablation, "lr_sweep": ns.lr_sweep, "lr_extend": ns.lr_extend,
                 "jobs": ns.jobs, "config_file": path, "overrides": user, "task": base_cfg.task.name,
                 "model": base_cfg.model.name_or_path, "machine": f"{platform.machine()} {platform.processor()}".strip(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -424,7 +429,8 @@ def _log(compare_dir: Path, pr: PlannedRun) -> Path:
 # -- outputs ------------------------------------------------------------------------------------
 
 def _runs(compare_dir: Path, records: list[dict[str, Any]]) -> dict[str, list[Run]]:
-    return group_runs([compare_dir / r["run_dir"] for r in records])
+    """The runs as seeds of their plan groups (never grouped by folder name or recipe)."""
+    return group_runs([load_run(compare_dir / r["run_dir"], r["label"], r["seed"]) for r in records])
 
 
 def write_outputs(compare_dir: Path, settings: dict[str, Any], records: list[dict[str, Any]],
@@ -432,16 +438,17 @@ def write_outputs(compare_dir: Path, settings: dict[str, Any], records: list[dic
     """results.json, report.md and (with plots=True) plots/*.png; returns report.md's path."""
     compare_dir = Path(compare_dir)
     runs = _runs(compare_dir, records)
+    evidence = Evidence(runs)
     rows = summarize(records, runs)
-    claim_list = claims(records, rows, runs, settings)
-    plot_files = plot_runs([compare_dir / r["run_dir"] for r in records], compare_dir / "plots") if plots else \
+    add_intervals(rows, evidence)
+    claim_list = claims(rows, evidence, settings)
+    plot_files = plot_runs([r for rs in runs.values() for r in rs], compare_dir / "plots") if plots else \
         sorted((compare_dir / "plots").glob("*.png"))
     selection = lr_selection(records, settings["lr_sweep"]) if settings.get("lr_sweep") else None
-    results = {"settings": settings, "runs": records, "table": rows,
-               "claims": [{"claim": c, "paper": p, "measured": m} for c, p, m in claim_list]}
+    results = {"settings": settings, "runs": records, "table": rows, "claims": [c.to_dict() for c in claim_list]}
     if selection is not None:
         results["lr_selection"] = {r: row["chosen"] for r, row in selection.items()}
     (compare_dir / "results.json").write_text(json.dumps(results, indent=2))
     report = compare_dir / "report.md"
-    report.write_text(render_report(settings, records, rows, claim_list, plot_files, selection))
+    report.write_text(render_report(settings, records, rows, render_claims(claim_list), plot_files, selection))
     return report

@@ -1,13 +1,20 @@
-"""Curves of finished runs, one line per recipe: the mean over seeds with a min-max band.
+"""Curves of finished runs: one line per group, the mean over its seeds with a 95% CI band.
 
-    plot_runs(run_dirs, out_dir) -> [accuracy_vs_step.png, accuracy_vs_time.png, reward_vs_step.png,
-                                     length_vs_step.png, bridge_gain_lam.png (bridge runs only)]
+    plot_runs(runs or run folders, out_dir) -> [accuracy_vs_step.png, accuracy_vs_time.png, reward_vs_step.png,
+                                                length_vs_step.png, bridge_gain_lam.png (bridge runs only)]
 
-Runs are grouped by their directory name without the `-s<seed>` suffix (so `bridge-lam0.3-s1`
-is the group `bridge-lam0.3`), else by the recipe in their config.yaml. The test-accuracy curve
-of a run is every `eval/accuracy` in metrics.jsonl (step 0 is the starting model) plus the final
-evaluation from summary.json, placed at the run's last step and last logged time (the final
-evaluation runs on the whole split; periodic ones may be capped by eval.max_examples).
+A group is the seeds of one experiment only when that is explicit: `bridgerl compare` passes its
+runs with their labels and seeds, and `bridgerl plot` reads them from the results.json that
+compare leaves beside its run folders (a compare folder itself may also be given: all its runs).
+Any other run folder is a line of its own, labelled by its folder name, whatever its recipe or
+name (`runs/a` and `runs/b` are two lines even if both trained bridge). Runs of several compare
+folders are labelled `<compare folder>/<label>`.
+
+The band is the 95% CI of the mean over the seeds present at each x (`stats.seed_band`: the
+expanded percentile bootstrap over seeds; none where one seed is present). The test-accuracy
+curve of a run is every `eval/accuracy` in metrics.jsonl (step 0 is the starting model) plus the
+final evaluation from summary.json, placed at the run's last step and last logged time (the
+final evaluation runs on the whole split; periodic ones may be capped by eval.max_examples).
 Per-step training metrics (reward, length, cooperative gain) are noisy at the testbed's batch
 sizes, so they are smoothed with a trailing rolling mean per seed before averaging; the window
 is written in each title.
@@ -16,7 +23,6 @@ is written in each title.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from bridgerl.config import ConfigError
+from bridgerl.report.stats import seed_band
 from bridgerl.utils.logging import read_metrics
 
 # The paper's baselines in its table order; extra groups (lam sweeps, ...) follow, sorted.
@@ -33,12 +41,12 @@ COLORS = {"base": "#7f7f7f", "sft": "#8c564b", "grpo": "#1f77b4", "rl-zero": "#1
 EXTRA_COLORS = ("#2ca02c", "#98df8a", "#ff9896", "#c5b0d5", "#aec7e8", "#ffbb78", "#c49c94", "#dbdb8d")
 SMOOTH = 5  # rolling-mean window (steps) for per-step training metrics
 TIME_GRID = 200  # points of the common wall-clock grid that seeds are interpolated onto
-_SEED_SUFFIX = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)$")
+COMPARE_RESULTS = "results.json"  # written by `bridgerl compare` beside its run folders
 
 
 @dataclass
 class Run:
-    """One run directory, read once."""
+    """One run directory, read once; `seeded` = one seed of a compare experiment (its group's label)."""
 
     path: Path
     group: str
@@ -46,11 +54,12 @@ class Run:
     config: dict[str, Any]
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
+    seeded: bool = False
 
 
 @dataclass
 class Band:
-    """A group's curve: mean over seeds with its min and max at each x; n = seeds present there."""
+    """A group's curve: mean over seeds with its 95% CI (lo, hi) at each x; n = seeds present there."""
 
     x: np.ndarray
     mean: np.ndarray
@@ -59,34 +68,68 @@ class Band:
     n: np.ndarray
 
 
-def group_name(run_dir: Path, config: dict[str, Any] | None = None) -> tuple[str, int | None]:
-    """`grpo-s2` -> ("grpo", 2); otherwise the config's recipe (or the directory name), seed unknown."""
-    m = _SEED_SUFFIX.match(Path(run_dir).name)
-    if m:
-        return m["group"], int(m["seed"])
-    recipe = (config or {}).get("recipe")
-    return (recipe or Path(run_dir).name), (config or {}).get("run", {}).get("seed")
-
-
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path, group: str | None = None, seed: int | None = None) -> Run:
+    """A run folder; without a group it is its own group, named after the folder."""
     path = Path(run_dir)
     cfg_path, metrics_path, summary_path = path / "config.yaml", path / "metrics.jsonl", path / "summary.json"
-    config = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    config = (yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}) or {}
     rows = read_metrics(metrics_path) if metrics_path.is_file() else []
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    group, seed = group_name(path, config)
-    return Run(path, group, seed, config or {}, rows, summary)
+    if group is None:
+        return Run(path, path.name, config.get("run", {}).get("seed"), config, rows, summary)
+    return Run(path, group, seed, config, rows, summary, seeded=True)
+
+
+def _compare_labels(compare_dir: Path) -> dict[str, tuple[str, int]]:
+    """run folder name -> (label, seed) for the runs a compare folder's results.json lists."""
+    path = compare_dir / COMPARE_RESULTS
+    try:
+        records = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ConfigError(f"{path} is not a compare results file ({exc}); move it away or plot the runs "
+                          "from another folder") from exc
+    return {r["run_dir"]: (r["label"], r["seed"]) for r in records if {"run_dir", "label", "seed"} <= r.keys()}
+
+
+def runs_from_paths(paths: list[str | Path]) -> list[Run]:
+    """`bridgerl plot`'s runs: each folder a run of its own, unless its compare folder lists it as a
+    seed of a group (see module doc); a compare folder stands for all its runs. A missing folder or
+    one that holds no run is a ConfigError, raised before anything is read further or written."""
+    found: list[tuple[Path, tuple[str, int] | None]] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise ConfigError(f"no run folder {str(p)!r}; give folders that `bridgerl train` or `compare` wrote")
+        is_run = (p / "metrics.jsonl").is_file() or (p / "summary.json").is_file()
+        listed = _compare_labels(p)
+        if not is_run and listed:
+            found += [(p / name, label) for name, label in listed.items() if (p / name).is_dir()]
+        elif is_run:
+            found.append((p, _compare_labels(p.parent).get(p.name)))
+        else:
+            raise ConfigError(f"{str(p)!r} holds no run (no metrics.jsonl or summary.json); give a run folder "
+                              "or a compare folder")
+    unique = list({q.resolve(): (q, lab) for q, lab in found}.values())
+    compares = {q.parent.resolve() for q, lab in unique if lab is not None}
+    seeded = [load_run(q, f"{q.parent.name}/{lab[0]}" if len(compares) > 1 else lab[0], lab[1])
+              for q, lab in unique if lab is not None]
+    names = [q.name for q, lab in unique if lab is None]
+    taken = {r.group for r in seeded}
+    alone = []
+    for q in (q for q, lab in unique if lab is None):  # a folder of its own: its name, or parent/name
+        alone.append(load_run(q))  # where two folders share a name or a compare group has it
+        if names.count(q.name) > 1 or q.name in taken:
+            alone[-1].group = f"{q.parent.name}/{q.name}"
+    return seeded + alone
 
 
 def order_key(group: str) -> tuple[int, str]:
     return (CANONICAL.index(group), "") if group in CANONICAL else (len(CANONICAL), group)
 
 
-def group_runs(run_dirs: list[str | Path] | list[Run]) -> dict[str, list[Run]]:
-    """Runs grouped by recipe (see module doc), groups in the paper's table order."""
+def group_runs(runs: list[str | Path] | list[Run]) -> dict[str, list[Run]]:
+    """Runs by their group (run folders: `runs_from_paths`), groups in the paper's table order."""
     groups: dict[str, list[Run]] = {}
-    for r in run_dirs:
-        run = r if isinstance(r, Run) else load_run(r)
+    for run in (runs if all(isinstance(r, Run) for r in runs) else runs_from_paths(runs)):
         groups.setdefault(run.group, []).append(run)
     return {g: groups[g] for g in sorted(groups, key=order_key)}
 
@@ -122,7 +165,7 @@ def series(run: Run, key: str, x: str = "step", smooth: int = 1) -> tuple[np.nda
 
 
 def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], on: str = "step") -> Band | None:
-    """Mean / min / max over seeds. On steps the seeds share x values (the union is used, with
+    """Mean over seeds and its 95% CI (`stats.seed_band`). On steps the seeds share x values (the union is used, with
     the seeds present at each x); on wall-clock every seed is interpolated onto one grid from
     its first point on and, once finished, keeps its last value (the model it ended with), so
     the mean does not jump when the fastest seed ends."""
@@ -144,7 +187,7 @@ def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], on: str = "step") -> 
     n = np.sum(~np.isnan(table), axis=0)
     keep = n > 0
     table, xs, n = table[:, keep], xs[keep], n[keep]
-    return Band(xs, np.nanmean(table, axis=0), np.nanmin(table, axis=0), np.nanmax(table, axis=0), n)
+    return Band(xs, np.nanmean(table, axis=0), *seed_band(table), n)
 
 
 def grouped_curves(runs: list[str | Path] | list[Run] | dict[str, list[Run]], key: str, x: str = "step",
@@ -173,7 +216,7 @@ class PlotSpec:
 
 def _specs(smooth: int) -> list[PlotSpec]:
     roll = f"rolling mean over {smooth} steps; " if smooth > 1 else ""
-    band = "line: mean over seeds, band: min-max"
+    band = "line: mean over seeds, band: its 95% CI"
     return [
         PlotSpec("accuracy_vs_step.png", "eval/accuracy", "step", f"Test accuracy (greedy pass@1) vs step\n({band})",
                  "optimizer step", "test accuracy"),
@@ -193,13 +236,14 @@ def _color(group: str, extras: dict[str, str]) -> str:
     return extras.setdefault(group, EXTRA_COLORS[len(extras) % len(EXTRA_COLORS)])
 
 
-def _draw(ax: Any, bands: dict[str, Band], extras: dict[str, str], untrained: set[str] = frozenset()) -> None:
+def _draw(ax: Any, bands: dict[str, Band], extras: dict[str, str], untrained: set[str] = frozenset(),
+          seeded: set[str] = frozenset()) -> None:
     x_max = max((b.x[-1] for b in bands.values()), default=0.0)
     x_min = min((b.x[0] for b in bands.values()), default=0.0)
     for name, b in bands.items():
         color = _color(name, extras)
         width = 2.2 if name == "bridge" else 1.4
-        label = f"{name} ({int(b.n.max())} seed{'s' if b.n.max() > 1 else ''})"
+        label = f"{name} ({int(b.n.max())} seed{'s' if b.n.max() > 1 else ''})" if name in seeded else name
         if name in untrained and len(b.x) == 1 and x_max > b.x[0]:  # base (no training): a level
             ax.hlines(b.mean[0], x_min, x_max, colors=color, linestyles="--", linewidth=width, label=label)
             if b.hi[0] > b.lo[0]:
@@ -211,7 +255,7 @@ def _draw(ax: Any, bands: dict[str, Band], extras: dict[str, str], untrained: se
             ax.fill_between(b.x, b.lo, b.hi, color=color, alpha=0.15, linewidth=0)
 
 
-def build_figures(run_dirs: list[str | Path], smooth: int = SMOOTH) -> dict[str, Any]:
+def build_figures(runs: list[str | Path] | list[Run], smooth: int = SMOOTH) -> dict[str, Any]:
     """file name -> matplotlib Figure (not yet saved); the data behind each line is `grouped_curves`."""
     import matplotlib
 
@@ -220,7 +264,8 @@ def build_figures(run_dirs: list[str | Path], smooth: int = SMOOTH) -> dict[str,
 
     from matplotlib.ticker import MaxNLocator
 
-    groups = group_runs(run_dirs)
+    groups = group_runs(runs)
+    seeded = {g for g, rs in groups.items() if any(r.seeded for r in rs)}
     untrained = {g for g, rs in groups.items() if all(r.summary.get("steps") == 0 for r in rs)}
     extras: dict[str, str] = {}
     figures = {}
@@ -229,7 +274,7 @@ def build_figures(run_dirs: list[str | Path], smooth: int = SMOOTH) -> dict[str,
         if not bands:
             continue
         fig, ax = plt.subplots(figsize=(7.5, 4.6))
-        _draw(ax, bands, extras, untrained)
+        _draw(ax, bands, extras, untrained, seeded)
         if spec.x == "step":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _finish(ax, spec.title, spec.xlabel, spec.ylabel)
@@ -240,11 +285,12 @@ def build_figures(run_dirs: list[str | Path], smooth: int = SMOOTH) -> dict[str,
     if gain:
         lam = grouped_curves(bridge, "bridge/lam", "step")
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7.5, 6.4), sharex=True, height_ratios=[2, 1])
-        _draw(ax1, gain, extras)
+        _draw(ax1, gain, extras, seeded=seeded)
         ax1.axhline(0.0, color="black", linewidth=0.6)
         _finish(ax1, "BRIDGE cooperative gain J_RL(theta, w) - J_RL(thetahat, w) vs step\n"
-                f"(rolling mean over {smooth} steps; line: mean over seeds, band: min-max)", None, "cooperative gain")
-        _draw(ax2, lam, extras)
+                f"(rolling mean over {smooth} steps; line: mean over seeds, band: its 95% CI)", None,
+                "cooperative gain")
+        _draw(ax2, lam, extras, seeded=seeded)
         ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         _finish(ax2, "penalty weight lam vs step", "optimizer step", "lam")
         fig.tight_layout()
@@ -263,16 +309,22 @@ def _finish(ax: Any, title: str, xlabel: str | None, ylabel: str) -> None:
     ax.figure.tight_layout()
 
 
-def plot_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None, smooth: int = SMOOTH) -> list[Path]:
-    """Write the PNGs into `out_dir` (default: the first run's parent); return their paths."""
+def plot_runs(runs: list[str | Path] | list[Run], out_dir: str | Path | None = None,
+              smooth: int = SMOOTH) -> list[Path]:
+    """Write the PNGs into `out_dir` (default: the first run's parent); return their paths.
+    Run folders are checked (`runs_from_paths`) before anything is written."""
     import matplotlib.pyplot as plt
 
-    if not run_dirs:
+    if not runs:
         return []
-    out = Path(out_dir) if out_dir is not None else Path(run_dirs[0]).parent
-    out.mkdir(parents=True, exist_ok=True)
+    first = runs[0].path if isinstance(runs[0], Run) else Path(runs[0])
+    runs = runs if all(isinstance(r, Run) for r in runs) else runs_from_paths(runs)
+    out = Path(out_dir) if out_dir is not None else first.parent
+    figures = build_figures(runs, smooth)
+    if figures:
+        out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, fig in build_figures(run_dirs, smooth).items():
+    for name, fig in figures.items():
         path = out / name
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -1,7 +1,8 @@
 """What `bridgerl compare` measures and reports: time to accuracy, the cold-start dip, the table
-numbers (mean ± std over seeds), the paper's claims as measured here, and report.md's text.
+numbers (mean ± std over seeds; their CIs come from report.claims), and report.md's text.
 
-Plain functions of the run records and curves; compare.py plans and runs, then calls these.
+Plain functions of the run records and curves; compare.py plans and runs, then calls these
+(the paper's claims, with their CIs and verdicts, are report.claims).
 """
 
 from __future__ import annotations
@@ -156,6 +157,14 @@ def num(ms: tuple[float | None, float | None], fmt: str = ".0f") -> str:
     return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if std is not None and std > 0 else "")
 
 
+def ci_text(ci: dict[str, Any] | None) -> str:
+    """A mean with its 95% CI, in percent: `56.8 [52.1, 61.0]`; † marks a CI over seeds only."""
+    if ci is None:
+        return "–"
+    seeds_only = "†" if "only" in ci.get("basis", "") else ""
+    return f"{100 * ci['mean']:.1f} [{100 * ci['lo']:.1f}, {100 * ci['hi']:.1f}]{seeds_only}"
+
+
 def reach_text(reach: list[float | None] | None) -> str:
     if reach is None:
         return "–"
@@ -165,137 +174,7 @@ def reach_text(reach: list[float | None] | None) -> str:
     return f"{np.mean(hits):.0f} s ({len(hits)}/{len(reach)})"
 
 
-def versus(a_name: str, a: list[float], b_name: str, b: list[float]) -> str:
-    """Neutral comparison of two groups' per-seed accuracies (fractions)."""
-    a, b = [v for v in a if v is not None], [v for v in b if v is not None]
-    if not a or not b:
-        return f"{a_name} or {b_name} did not run: no comparison."
-    d = 100 * (np.mean(a) - np.mean(b))
-    head = f"{a_name} {pct(mean_std(a))} vs {b_name} {pct(mean_std(b))} (difference of means {d:+.1f} points)"
-    if len(a) < 2 or len(b) < 2:
-        return f"{head}; one seed on at least one side, so there is no seed spread: this alone cannot separate " \
-               "the two from seed noise."
-    se = 100 * np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
-    if max(a + b) - min(a + b) <= EPS:
-        return f"{head}; the same value in every seed of both: no difference."
-    if min(a) > max(b):
-        return f"{head}; {a_name} is above {b_name} in every seed: consistent with the paper's direction."
-    if max(a) < min(b):
-        return f"{head}; {a_name} is below {b_name} in every seed: the paper's direction is not reproduced here."
-    return f"{head}; the seed ranges overlap (standard error of the difference {se:.1f} points): " \
-           f"not distinguishable with {min(len(a), len(b))} seeds."
-
-
-def _acc(records: list[dict[str, Any]], label: str, key: str = "eval/accuracy") -> list[float]:
-    return [r["summary"].get(key) for r in records if r["label"] == label]
-
-
-def claims(records: list[dict[str, Any]], rows: list[dict[str, Any]], runs: dict[str, list[Run]],
-           settings: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
-    """(claim, what the paper reports, what was measured here) for each claim that this compare can test."""
-    out = []
-    measured = []
-    for split, key in (("test", "eval/accuracy"), ("hard split", "eval_hard/accuracy")):
-        for other in ("cold-start", "grpo"):
-            measured.append(f"{split}: " + versus("bridge", _acc(records, "bridge", key), other,
-                                                  _acc(records, other, key)))
-    by = {r["label"]: r for r in rows}
-    for label in ("bridge", "cold-start", "grpo"):
-        r = by.get(label)
-        if r and r["test"][0] is not None and r["start"][0] is not None and r["test"][0] < r["start"][0] - EPS:
-            measured.append(f"note: {label} ends below its starting test accuracy ({pct(r['start'])} -> "
-                            f"{pct(r['test'])}): training made the model worse, so an order among such runs says "
-                            "little about the paper's claim.")
-    out.append(("Final accuracy: bridge above cold-start and above RL-zero (grpo)",
-                "Qwen2.5-3B, average of 5 benchmarks: bridge 36.0, cold-start 32.2, rl-zero 32.2.", measured))
-
-    measured = []
-    if "cold-start" in by and by["cold-start"]["target"] is not None:
-        measured.append(f"target = cold-start's mean final test accuracy, {100 * by['cold-start']['target']:.1f}%; "
-                        "time = wall-clock from the run's start (setup and evaluations included) to the first "
-                        "evaluation at or above it; (k/n) = seeds that reached it.")
-        for label in ("cold-start", "bridge", "grpo"):
-            if label in by:
-                measured.append(f"{label}: {reach_text(by[label]['reach'])}; its runs ended at "
-                                f"{num(by[label]['time_s'])} s.")
-        cs, br = by["cold-start"]["reach"] or [], (by.get("bridge") or {}).get("reach") or []
-        cs_hits, br_hits = [t for t in cs if t is not None], [t for t in br if t is not None]
-        start = by["cold-start"]["start"][0]
-        if start is not None and by["cold-start"]["target"] <= start + EPS:
-            measured.append("the starting model already scores at or above the target, so these times measure "
-                            "setup and the first evaluation, not learning: no time comparison is made.")
-        elif cs_hits and br_hits:
-            ratio = np.mean(br_hits) / np.mean(cs_hits)
-            measured.append(f"bridge's mean time to the target is {ratio:.2f}x cold-start's "
-                            f"({'less' if ratio < 1 else 'more'} time; the paper reports 0.56x).")
-        measured.append(f"budget: {_budget(settings)}; on equal steps the recipes' step costs differ, so their "
-                        "wall times differ.")
-    else:
-        measured.append("cold-start did not run: no target.")
-    out.append(("Time to reach cold-start's accuracy",
-                "Qwen2.5-3B: bridge trains in 6.9 h against cold-start's 12.3 h (44% less) and ends more accurate "
-                "(36.4 vs 32.2).", measured))
-
-    measured = []
-    dips = []
-    for run in runs.get("cold-start", []):
-        sw = switch_step(run)
-        d = stage_dip(*series(run, "eval/accuracy", "step"), sw) if sw is not None else None
-        if d is None:
-            measured.append(f"{run.path.name}: no evaluation on both sides of the switch (switch step {sw}).")
-            continue
-        dips.append(d)
-        if d["drop_max"] <= EPS:
-            rec = "no evaluation after the switch is below the pre-switch level"
-        elif d["recovered_step"] is not None:
-            rec = f"back to the pre-switch level at step {d['recovered_step']:.0f}"
-        else:
-            rec = "not back to the pre-switch level by the end"
-        measured.append(f"{run.path.name}: switch after step {sw}; accuracy {100 * d['before']:.1f}% before, "
-                        f"{100 * d['first_after']:.1f}% at the first evaluation after (step "
-                        f"{d['first_after_step']:.0f}), lowest after {100 * d['min_after']:.1f}%; {rec}.")
-    if dips:
-        measured.append(f"drop at the first evaluation after the switch (positive = fell): "
-                        f"{pct(mean_std([d['drop_first'] for d in dips]))} points; largest drop after it: "
-                        f"{pct(mean_std([d['drop_max'] for d in dips]))} points (mean ± std over seeds).")
-    for label in ("bridge", "grpo"):
-        drops = [largest_drop(series(r, "eval/accuracy", "step")[1]) for r in runs.get(label, [])]
-        if drops:
-            measured.append(f"for contrast, {label}'s largest fall between consecutive evaluations: "
-                            f"{pct(mean_std(drops))} points.")
-    if not measured:
-        measured.append("cold-start did not run.")
-    out.append(("cold-start dips after the SFT->RL switch; bridge does not",
-                "average of 5 benchmarks over epochs 1/3/6: cold-start 33.4 / 28.5 / 32.2, "
-                "bridge 32.3 / 33.3 / 36.4.", measured))
-
-    if settings.get("reward_noise"):
-        p = settings["reward_noise"]
-        out.append((f"Robustness to flipped rewards (p = {p})",
-                    "20% of rewards flipped: bridge 32.9 vs RL 13.9.",
-                    ["test: " + versus("bridge", _acc(records, "bridge"), "grpo", _acc(records, "grpo")),
-                     "hard split: " + versus("bridge", _acc(records, "bridge", "eval_hard/accuracy"), "grpo",
-                                             _acc(records, "grpo", "eval_hard/accuracy"))]))
-    if settings.get("lam_sweep"):
-        points = {r["label"]: r for r in rows if r["label"].startswith("bridge-lam") or r["label"] == "bridge"}
-        means = [r["test"][0] for r in points.values() if r["test"][0] is not None]
-        stds = [r["test"][1] for r in points.values() if r["test"][1] is not None]
-        measured = [f"{label}: {pct(r['test'])}" for label, r in points.items()]
-        if len(means) > 1:
-            spread = 100 * (max(means) - min(means))
-            line = f"the mean test accuracy spans {spread:.1f} points across lam"
-            if stds:
-                pooled = 100 * float(np.sqrt(np.mean(np.square(stds))))
-                line += (f"; the pooled seed std within one lam is {pooled:.1f} points, so the spread across lam is "
-                         f"{'within' if spread <= 2 * pooled else 'larger than'} about two seed standard deviations")
-            else:
-                line += "; one seed per lam, so there is no seed spread to compare it with"
-            measured.append(line + ".")
-        out.append(("lam robustness", "accuracy robust for lam in 0.3 to 0.7 (lam = 0.5 by default).", measured))
-    return out
-
-
-def _budget(settings: dict[str, Any]) -> str:
+def budget(settings: dict[str, Any]) -> str:
     parts = []
     if settings.get("steps") is not None:
         parts.append(f"{settings['steps']} optimizer steps per run")
@@ -313,47 +192,51 @@ def _timing_note(jobs: int) -> str:
 
 
 def render_report(settings: dict[str, Any], records: list[dict[str, Any]], rows: list[dict[str, Any]],
-                  claim_list: list[tuple[str, str, list[str]]], plot_files: list[Path],
-                  selection: dict[str, dict[str, Any]] | None = None) -> str:
+                  claim_lines: list[str], plot_files: list[Path], selection: dict[str, dict[str, Any]] | None = None
+                  ) -> str:
+    """report.md: settings, the table (means with 95% CIs), the lr selection, the claims (claim_lines,
+    from report.claims.render_claims) and the plots."""
     cuda = any(r["cuda_mb"][0] is not None for r in rows)
+    failed = [f for r in rows for f in r["failed"]]
+    seeds_only = any("only" in (r.get(c) or {}).get("basis", "") for r in rows for c in ("test_ci", "hard_ci"))
     lines = [f"# bridgerl compare: {settings['name']}", "",
              f"- recipes: {', '.join(settings['recipes'])}; seeds: {settings['seeds']} (run.seed 0..{settings['seeds'] - 1}; "
              "task data fixed; base evaluated once)",
-             f"- budget: {_budget(settings)}; task: {settings['task']}; model: {settings['model']}",
+             f"- budget: {budget(settings)}; task: {settings['task']}; model: {settings['model']}",
              f"- reward noise: {settings.get('reward_noise') or 0}; lam sweep: {settings.get('lam_sweep') or 'none'}"
+             + ("; meta-objective ablation: bridge-meta-off" if settings.get("meta_ablation") else "")
              + (f"; lr sweep: {' '.join(f'{lr:g}' for lr in settings['lr_sweep'])}"
                 + (", extended past the edges" if settings.get("lr_extend") else "") if settings.get("lr_sweep") else ""),
              f"- overrides: {' '.join(settings['overrides']) or 'none'}"
              + (f"; config file: {settings['config_file']}" if settings.get("config_file") else ""),
              f"- machine: {settings['machine']}; started {settings['started']}; runs at a time: {settings.get('jobs') or 1}"
              + (f"; this invocation took {settings['compare_time_s'] / 60:.1f} min" if "compare_time_s" in settings else ""),
-             f"- runs finished: {len(records)}", "",
+             f"- runs finished: {len(records)}" + (f"; flagged as failed, kept in every number: {len(failed)} "
+                                                    f"({', '.join(failed)})" if failed else ""), "",
              "## Results", "",
-             "Accuracy is greedy pass@1 in percent, mean ± sample std over seeds (no ± with one seed). "
-             "'reach' is the wall-clock to the first evaluation at or above cold-start's mean final test "
-             "accuracy (seeds that reached it). " + _timing_note(settings.get("jobs") or 1) + " The paper column "
-             "is Qwen2.5-3B's 5-benchmark average: another model and other benchmarks, for the order only.", "",
-             f"| recipe | seeds | test acc | hard acc | start test acc | steps | wall time (s) | "
-             f"peak {'GPU' if cuda else 'RSS'} (MB) | reach cold-start acc | paper avg |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Accuracy is greedy pass@1 in percent: the mean over seeds (and problems) with its 95% CI, a bootstrap "
+             "over seeds and test problems (report/stats.py); 'seed std' is the sample std of the seeds' "
+             "accuracies. 'reach' is the wall-clock to the first evaluation at or above cold-start's mean final "
+             "test accuracy (seeds that reached it). " + _timing_note(settings.get("jobs") or 1) + " The paper "
+             "column is Qwen2.5-3B's 5-benchmark average: another model and other benchmarks, for the order only.",
+             ""]
+    if seeds_only:
+        lines += ["† a CI over seeds only: some of that group's runs have no per-problem grades of their final "
+                  "evaluation (completions/final_<split>.jsonl; runs from before they were written).", ""]
+    lines += [f"| recipe | seeds | test acc [95% CI] | seed std | hard acc [95% CI] | start test acc | steps | "
+              f"wall time (s) | peak {'GPU' if cuda else 'RSS'} (MB) | reach cold-start acc | paper avg |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flag = f" ({len(r['failed'])} failed: {', '.join(r['failed'])})" if r["failed"] else ""
         paper = PAPER_AVG.get(r["label"])
-        lines.append(f"| {r['label']}{flag} | {r['n']} | {pct(r['test'])} | {pct(r['hard'])} | {pct(r['start'])} | "
+        std = "–" if r["test"][1] is None else f"{100 * r['test'][1]:.1f}"
+        test, hard = (ci_text(r[c]) if r.get(c) else pct((r[k][0], None)) for c, k in (("test_ci", "test"),
+                                                                                        ("hard_ci", "hard")))
+        lines.append(f"| {r['label']}{flag} | {r['n']} | {test} | {std} | {hard} | {pct(r['start'])} | "
                      f"{num(r['steps'])} | {num(r['time_s'])} | {num(r['cuda_mb'] if cuda else r['mem_mb'])} | "
                      f"{reach_text(r['reach'])} | {paper if paper is not None else '–'} |")
-    lines += [""] + (_selection_lines(selection, records) if selection else [])
-    lines += ["## The paper's claims, as measured here", "",
-              "Each claim states what the paper reports (other models, other scale) and what this compare measured. "
-              "A difference counts as consistent with the paper only when it holds in every seed.", ""]
-    failed = [f for r in rows for f in r["failed"]]
-    if failed:
-        lines += [f"Runs flagged as failed (kept in every number above): {', '.join(failed)}. A collapsed shadow "
-                  "makes bridge's cooperative gain meaningless; read those runs' results with that in mind.", ""]
-    for i, (claim, paper, measured) in enumerate(claim_list, 1):
-        lines += [f"### {i}. {claim}", "", f"Paper: {paper}", "", "Measured:", ""]
-        lines += [f"- {m}" for m in measured] + [""]
+    lines += [""] + (_selection_lines(selection, records) if selection else []) + claim_lines
     if plot_files:
-        lines += ["## Curves", ""]
+        lines += ["## Curves", "", "Lines: the mean over seeds; bands: its 95% CI (bootstrap over seeds).", ""]
         lines += [f"![{p.stem}](plots/{p.name})" for p in plot_files] + [""]
     return "\n".join(lines)
