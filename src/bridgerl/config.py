@@ -153,6 +153,8 @@ class LossConfig:
     clip_eps_high: float | None = None  # None = clip_eps_low (DAPO: 0.28)
     kl_coef: float = 0.0  # KL to the starting model (paper recipe: 1e-3, k3)
     kl_estimator: str = "k3"  # k1 | k3
+    # entropy bonus: -coef * H per token in every RL loss (theta's, bridge's shadow's), aggregated like
+    # the surrogate. 0: H is only logged; != 0 backpropagates through a float32 [C, V] softmax per row
     entropy_coef: float = 0.0
 
 
@@ -206,11 +208,20 @@ class BaselineConfig:
     alternate_interval: int = 1  # alternate: switch between GRPO and SFT every N steps (Alg. 1)
     mix_mu: float = 1.0  # mix: J_RL + mu J_SFT (equal weights: the plainest "naive mixing")
     luffy_gamma: float = 0.1  # luffy: shaped ratio p / (p + gamma) on expert tokens
-    chord_mu_peak: float = 0.5  # chord: mu warms up to the peak, then decays to the valley
-    chord_mu_valley: float = 0.02
-    chord_warmup_steps: int = 25  # ~10% of the testbed run (the public config: 200 of ~2000 steps)
+    # chord: (1 - mu) L_GRPO + mu L_SFT in one of CHORD's two published variants (arXiv 2508.11408).
+    # "phi" (default): a constant mu (chord_phi_mu) and the per-token weight phi = p(1-p) on expert
+    # tokens: the released CHORD loss's own defaults (mu 0.1, phi on), and it keeps the p(1-p) weight
+    # that the BRIDGE paper's CHORD baseline names (method.md). "mu": mu on a schedule (chord_mu_*),
+    # plain SFT tokens. Schedule *and* phi together (the released example YAML) is neither variant.
+    chord_variant: str = "phi"
+    chord_phi_mu: float = 0.1  # chord-phi's constant mu (the paper's and the released value)
+    # chord-mu: mu rises linearly from 0 at step 0 to the peak at chord_warmup_steps, decays along a
+    # cosine to the valley over chord_decay_steps, then stays there. The released CHORD-mu settings:
+    # peak 0.9, valley 0.05, no warm-up, 200 decay steps; the testbed decays over half its 250 steps.
+    chord_mu_peak: float = 0.9
+    chord_mu_valley: float = 0.05
+    chord_warmup_steps: int = 0
     chord_decay_steps: int = 125
-    chord_phi: bool = True  # per-token weight p(1-p) on expert tokens
 
 
 @dataclass
@@ -280,6 +291,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.optimizer": ("adamw", "sgd"),
     "bridge.lam_schedule": ("constant", "linear"),
     "bridge.shadow_rollouts": ("shared", "own"),
+    "baseline.chord_variant": ("mu", "phi"),
     "train.sharding": ("auto", "none", "fsdp"),
     "eval.split": ("test", "val"),
 }
@@ -386,6 +398,10 @@ def validate(cfg: Config) -> None:
         (cfg.optim.lr > 0 and cfg.optim.lora_lr > 0, "optim.lr and optim.lora_lr must be > 0"),
         (cfg.baseline.cold_start_rl_lr is None or cfg.baseline.cold_start_rl_lr > 0,
          "baseline.cold_start_rl_lr must be > 0 (or null: optim.lr)"),
+        (all(0 <= b <= 1 for b in (cfg.baseline.chord_phi_mu, cfg.baseline.chord_mu_peak, cfg.baseline.chord_mu_valley)),
+         "baseline.chord_phi_mu, chord_mu_peak and chord_mu_valley must be in [0, 1]"),
+        (cfg.baseline.chord_warmup_steps >= 0 and cfg.baseline.chord_decay_steps >= 0,
+         "baseline.chord_warmup_steps and chord_decay_steps must be >= 0"),
         (cfg.train.sft_batch_size >= 1, "train.sft_batch_size must be >= 1"),
         (cfg.eval.k >= 1, "eval.k must be >= 1"),
     ]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bridgerl.algos.advantages import group_advantages
+from bridgerl.algos.logprobs import entropy_from_logits, token_logprobs
 from bridgerl.algos.losses import AGGREGATIONS, kl_penalty, policy_loss
 
 RATIOS = torch.tensor([[1.5, 0.5, 1.1], [1.5, 0.5, 1.1]])
@@ -124,6 +125,56 @@ def test_kl_and_entropy_coefficients_shift_the_loss_by_their_means():
     assert base.item() == pytest.approx(-1.0)  # ratio 1: -A
     assert (kl_only - base).item() == pytest.approx(0.1 * m["kl"].item(), abs=1e-6)
     assert (ent_only - base).item() == pytest.approx(-0.2 * 0.5, abs=1e-6)
+
+
+# Hand-built logits [2, 3, 5]: two rows, three positions, five tokens; the last token of row 2 is padding.
+LOGITS = torch.tensor([
+    [[2.0, 0.5, -1.0, 0.0, 1.0], [0.1, 0.2, 0.3, -0.4, 0.0], [-2.0, 1.0, 0.5, 0.5, 3.0]],
+    [[0.0, 0.0, 1.0, 2.0, -1.0], [1.5, -0.5, 0.8, 0.0, 0.2], [9.0, -9.0, 0.0, 0.0, 0.0]],
+], dtype=torch.float64)
+TOKENS = torch.tensor([[0, 1, 4], [3, 2, 0]])
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+
+
+def _reference_loss(logits, old, adv, mode, coef, max_len, eps=0.2):
+    """Clipped surrogate minus coef * entropy, each mode's normalisation written out (torch.distributions)."""
+    dist = torch.distributions.Categorical(logits=logits)
+    ratio = torch.exp(dist.log_prob(TOKENS) - old)
+    a = adv.unsqueeze(-1)
+    per = -torch.min(ratio * a, ratio.clamp(1 - eps, 1 + eps) * a) - coef * dist.entropy()
+    per = torch.where(MASK, per, torch.zeros_like(per))
+    if mode == "token_mean":
+        return per.sum() / MASK.sum()
+    if mode == "seq_mean_token_mean":
+        return (per.sum(-1) / MASK.sum(-1)).mean()
+    return (per.sum(-1) / max_len).mean()
+
+
+@pytest.mark.parametrize("mode", AGGREGATIONS)
+def test_entropy_bonus_gradient_matches_autograd_reference(mode):
+    """-coef * H is a differentiable bonus, normalised like the surrogate, whatever the aggregation."""
+    adv = torch.tensor([1.5, -0.5], dtype=torch.float64)
+    old = token_logprobs(LOGITS, TOKENS).detach() + torch.tensor([[0.1, -0.3, 0.0], [0.25, 0.05, 0.0]])
+    grads = {}
+    for coef in (0.0, 0.7):
+        x = LOGITS.clone().requires_grad_(True)
+        loss, m = policy_loss(token_logprobs(x, TOKENS), old, adv, MASK, aggregation=mode, max_len=4,
+                              entropy=entropy_from_logits(x), entropy_coef=coef)
+        (grads[coef],) = torch.autograd.grad(loss, x)
+        y = LOGITS.clone().requires_grad_(True)
+        ref = _reference_loss(y, old, adv, mode, coef, max_len=4)
+        (g_ref,) = torch.autograd.grad(ref, y)
+        assert loss.item() == pytest.approx(ref.item(), abs=1e-6)  # bridgerl's kernels run in float32
+        torch.testing.assert_close(grads[coef], g_ref, atol=1e-6, rtol=0)
+    assert (grads[0.7] - grads[0.0]).abs().max() > 0.01  # the bonus really moves the gradient
+
+
+def test_entropy_bonus_on_a_detached_entropy_is_refused():
+    x = LOGITS[:, :2].clone().requires_grad_(True)
+    logp = token_logprobs(x, TOKENS[:, :2])
+    with pytest.raises(ValueError, match="entropy_coef"):
+        policy_loss(logp, logp.detach(), torch.ones(2), MASK[:, :2], entropy=entropy_from_logits(x).detach(),
+                    entropy_coef=0.1)
 
 
 def test_policy_loss_empty_mask_gives_zero_loss_and_zero_metrics():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.func import functional_call
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bridgerl.config import Config, load_config
@@ -16,12 +17,14 @@ from bridgerl.rollout.base import Rollout, SamplingParams
 from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, Example, Task
 from bridgerl.trainers.batch import encode_pairs
 
-# prompt question -> the G completions the engine returns, and each completion's reward
+# prompt question -> the G completions the engine returns, and each completion's reward.
+# Questions (and demonstrations) differ in length, so every batch is left-padded in its prompts and
+# right-padded in its completions: the exact tests compare against unpadded per-row forwards.
 RL_GROUPS = {
     "1+2": [("3", 1.0), ("4", 0.0), ("1+2=3;#3", 1.0)],
-    "2+2": [("5", 0.0), ("#4", 1.0), ("22", 0.0)],
+    "12+30+4": [("5", 0.0), ("#46", 1.0), ("12+30=42;#42", 0.0)],
 }
-SFT_PAIRS = [("3+4", "3+4=7;#7"), ("5+1", "5+1=6;#6")]
+SFT_PAIRS = [("3+4", "3+4=7;#7"), ("15+1+2", "15+1=16;16+2=18;#18")]
 
 
 class ListTask(Task):
@@ -72,6 +75,28 @@ def tiny_llama(tokenizer, seed: int = 0, dtype=torch.float64) -> LlamaForCausalL
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).to(dtype)
+
+
+def merged_params(theta, lora, scaling):
+    """Plain transformers parameter names -> W (+ s * B @ A for LoRA-adapted layers), by hand."""
+    out = {}
+    for name, w in theta.items():
+        if ".base_layer." in name:
+            prefix = name[: -len(".base_layer.weight")]
+            w = w + scaling * lora[f"{prefix}.lora_B.weight"] @ lora[f"{prefix}.lora_A.weight"]
+        out[name.replace(".base_layer.", ".")] = w
+    return out
+
+
+def row_forward(plain, params, tok, prompt, completion):
+    """One unpadded row through a plain model: the completion's (+ EOS) log-probs [C] and the
+    entropies [C] of the distributions that predict them (torch.distributions, not bridgerl's)."""
+    p_ids = tok(prompt)["input_ids"]
+    c_ids = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = torch.tensor([p_ids + c_ids])
+    logits = functional_call(plain, params, (ids,)).logits[0, len(p_ids) - 1 : -1]  # [C, V]
+    dist = torch.distributions.Categorical(logits=logits)
+    return dist.log_prob(torch.tensor(c_ids)), dist.entropy()
 
 
 def exact_config(*overrides: str) -> Config:

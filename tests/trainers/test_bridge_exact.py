@@ -1,9 +1,11 @@
 """The trainer's BRIDGE step is exactly Eqs. 7-9 of the paper (method.md section 4).
 
 The expected theta, thetahat and w after one step are computed independently: per-row
-forwards of a plain (un-wrapped) copy of the model, LoRA merged by hand, and
-`torch.autograd.grad` on the four terms grad_theta/grad_w of L_SFT(theta, w), L_RL(theta, w)
-and L_RL(thetahat, w). SGD without clipping makes the update exactly lr * gradient.
+forwards of a plain (un-wrapped) copy of the model on unpadded rows (the trainer's batches are
+left- and right-padded: conftest's questions differ in length), LoRA merged by hand, entropies
+from torch.distributions, and `torch.autograd.grad` on the four terms grad_theta/grad_w of
+L_SFT(theta, w), L_RL(theta, w) and L_RL(thetahat, w). SGD without clipping makes the update
+exactly lr * gradient. L_RL includes the KL term and the entropy bonus when they are on.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
+from bridgerl.algos.losses import AGGREGATIONS
 from bridgerl.trainers.recipes import bridge_step
 from bridgerl.trainers.state import build_state
 
-from conftest import RL_GROUPS, SFT_PAIRS, FixedEngine, ListTask, exact_config, tiny_llama
+from conftest import (RL_GROUPS, SFT_PAIRS, FixedEngine, ListTask, exact_config, merged_params, row_forward,
+                      tiny_llama)
 
 
 def _bridge_state(tokenizer, *overrides, tie=False, seed=0):
@@ -32,7 +35,7 @@ def _bridge_state(tokenizer, *overrides, tie=False, seed=0):
     with torch.no_grad():  # mid-training state: w != 0 and thetahat != theta
         for name, p in st.lora.items():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
-        for p in st.shadow.values():
+        for p in (st.shadow or {}).values():
             p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
     return st, plain
 
@@ -41,78 +44,110 @@ def _snapshot(params):
     return {n: p.detach().clone() for n, p in params.items()}
 
 
-def _merged(theta, lora, scaling):
-    """Plain transformers parameter names -> W (+ s * B @ A for adapted layers)."""
-    out = {}
-    for name, w in theta.items():
-        if ".base_layer." in name:
-            prefix = name[: -len(".base_layer.weight")]
-            w = w + scaling * lora[f"{prefix}.lora_B.weight"] @ lora[f"{prefix}.lora_A.weight"]
-        out[name.replace(".base_layer.", ".")] = w
-    return out
+def _aggregate(rows, mode, max_len):
+    """rows: per-token loss tensors [C_i] of every row -> the batch loss, by the definition of each mode."""
+    if mode == "token_mean":
+        return torch.cat(rows).sum() / sum(len(r) for r in rows)
+    if mode == "seq_mean_token_mean":
+        return sum(r.mean() for r in rows) / len(rows)
+    return sum(r.sum() / max_len for r in rows) / len(rows)  # seq_mean_token_sum_norm
 
 
-def _row_logp(plain, params, tok, prompt, completion):
-    p_ids = tok(prompt)["input_ids"]
-    c_ids = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    ids = torch.tensor([p_ids + c_ids])
-    logits = functional_call(plain, params, (ids,)).logits[0]
-    logp = F.log_softmax(logits[len(p_ids) - 1 : -1], dim=-1)
-    return logp.gather(-1, torch.tensor(c_ids).unsqueeze(-1)).squeeze(-1)
+def _losses(plain, tok, cfg, theta, hat, lora, theta0):
+    """L_SFT(theta, w), L_RL(theta, w), L_RL(thetahat, w) by hand (hat None: no shadow).
 
-
-def _losses(plain, tok, theta, hat, lora, scaling, sft_pairs=SFT_PAIRS, eps=0.2):
-    """L_SFT(theta, w), L_RL(theta, w), L_RL(thetahat, w), by hand, token means over the batch."""
-    sft = [_row_logp(plain, _merged(theta, lora, scaling), tok, f"Q:{q}=\nA:", s) for q, s in sft_pairs]
+    L_RL per token: -min(r A, clip(r) A) + kl_coef * k3(pi, pi_ref) - entropy_coef * H, with
+    r = pi / pi(theta, w) (detached) and pi_ref the starting model (theta0, w = 0), aggregated
+    as cfg.loss.aggregation says. L_SFT: token mean over the SFT batch.
+    """
+    scaling, eps, loss = cfg.lora.alpha / cfg.lora.r, cfg.loss.clip_eps_low, cfg.loss
+    sft = [row_forward(plain, merged_params(theta, lora, scaling), tok, f"Q:{q}=\nA:", s)[0] for q, s in SFT_PAIRS]
     l_sft = -torch.cat(sft).sum() / sum(len(x) for x in sft)
+    ref = merged_params(theta0, {n: torch.zeros_like(w) for n, w in lora.items()}, scaling)
 
     def l_rl(weights):
-        total, count = 0.0, 0
+        rows = []
         for q, group in RL_GROUPS.items():
             r = torch.tensor([rw for _, rw in group], dtype=torch.float64)
             adv = (r - r.mean()) / (r.std() + 1e-4)
             for (c, _), a in zip(group, adv):
-                old = _row_logp(plain, _merged(theta, lora, scaling), tok, f"Q:{q}=\nA:", c).detach()
-                new = _row_logp(plain, _merged(weights, lora, scaling), tok, f"Q:{q}=\nA:", c)
+                prompt = f"Q:{q}=\nA:"
+                old = row_forward(plain, merged_params(theta, lora, scaling), tok, prompt, c)[0].detach()
+                new, entropy = row_forward(plain, merged_params(weights, lora, scaling), tok, prompt, c)
                 ratio = torch.exp(new - old)
-                total = total - torch.min(ratio * a, ratio.clamp(1 - eps, 1 + eps) * a).sum()
-                count += len(c) + 1  # one token per character, plus EOS
-        return total / count
+                per_token = -torch.min(ratio * a, ratio.clamp(1 - eps, 1 + eps) * a)
+                if loss.kl_coef:
+                    log_r = row_forward(plain, ref, tok, prompt, c)[0].detach() - new
+                    per_token = per_token + loss.kl_coef * (torch.exp(log_r) - log_r - 1)
+                rows.append(per_token - loss.entropy_coef * entropy)
+        return _aggregate(rows, loss.aggregation, cfg.rollout.max_new_tokens)
 
-    return l_sft, l_rl(theta), l_rl(hat)
+    return l_sft, l_rl(theta), None if hat is None else l_rl(hat)
+
+
+def _assert_bridge_step_is_exact(tokenizer, *overrides, tie=False):
+    """One bridge_step against Eqs. 7-9 computed by hand; returns how far w moved."""
+    st, plain = _bridge_state(tokenizer, *overrides, tie=tie)
+    cfg, meta = st.cfg, st.cfg.bridge.meta
+    lam = cfg.bridge.lam
+    theta0, w0 = _snapshot(st.theta), _snapshot(st.lora)
+    hat0 = _snapshot(st.shadow) if meta else None
+    alpha, beta, alpha_hat = cfg.optim.lr, cfg.optim.lora_lr, cfg.optim.shadow_lr  # each group its own rate
+
+    bridge_step(st)
+
+    theta = {n: t.clone().requires_grad_(True) for n, t in theta0.items()}
+    hat = {n: t.clone().requires_grad_(True) for n, t in hat0.items()} if meta else None
+    lora = {n: t.clone().requires_grad_(True) for n, t in w0.items()}
+    l_sft, l_rl, l_hat = _losses(plain, tokenizer, cfg, theta, hat, lora, theta0)
+    names_t, names_w = list(theta), list(lora)
+    g_sft = torch.autograd.grad(l_sft, [theta[n] for n in names_t] + [lora[n] for n in names_w], allow_unused=True)
+    g_rl = torch.autograd.grad(l_rl, [theta[n] for n in names_t] + [lora[n] for n in names_w], allow_unused=True)
+    z = lambda g, like: torch.zeros_like(like) if g is None else g  # noqa: E731
+    k = len(names_t)
+    if meta:
+        g_hat = torch.autograd.grad(l_hat, [hat[n] for n in names_t] + [lora[n] for n in names_w], allow_unused=True)
+    else:  # the ablation: no thetahat, no shadow pass, w gets theta's gradient (g1)
+        g_hat = [None] * (k + len(names_w))
+        assert st.shadow is None and "shadow" not in st.optimizers
+    for i, n in enumerate(names_t):  # Eq. 7 and Eq. 9
+        expected = theta0[n] - alpha * ((1 - lam) * z(g_sft[i], theta0[n]) + lam * z(g_rl[i], theta0[n]))
+        torch.testing.assert_close(st.theta[n].detach(), expected, atol=1e-6, rtol=0)
+        if meta:
+            expected_hat = hat0[n] - alpha_hat * z(g_hat[i], hat0[n])
+            torch.testing.assert_close(st.shadow[n].detach(), expected_hat, atol=1e-6, rtol=0)
+    for j, n in enumerate(names_w):  # Eq. 8 (meta=false: (1 - lam) g_sft + lam g_rl, as theta)
+        gs, gr, gh = (z(g[k + j], w0[n]) for g in (g_sft, g_rl, g_hat))
+        expected = w0[n] - beta * ((1 - lam) * gs + lam * (gr - gh))
+        torch.testing.assert_close(st.lora[n].detach(), expected, atol=1e-6, rtol=0)
+    return max((st.lora[n] - w0[n]).abs().max().item() for n in names_w)
 
 
 @pytest.mark.parametrize("tie", [False, True])
 @pytest.mark.parametrize("lam", [0.5, 0.3])
 def test_bridge_step_equals_equations_7_to_9(tokenizer, tie, lam):
-    st, plain = _bridge_state(tokenizer, f"bridge.lam={lam}", tie=tie)
-    theta0, hat0, w0 = _snapshot(st.theta), _snapshot(st.shadow), _snapshot(st.lora)
-    scaling = st.cfg.lora.alpha / st.cfg.lora.r
-    alpha, beta, alpha_hat = st.cfg.optim.lr, st.cfg.optim.lora_lr, st.cfg.optim.shadow_lr  # each group its own rate
-
-    bridge_step(st)
-
-    theta = {n: t.clone().requires_grad_(True) for n, t in theta0.items()}
-    hat = {n: t.clone().requires_grad_(True) for n, t in hat0.items()}
-    lora = {n: t.clone().requires_grad_(True) for n, t in w0.items()}
-    l_sft, l_rl, l_hat = _losses(plain, tokenizer, theta, hat, lora, scaling)
-    names_t, names_w = list(theta), list(lora)
-    g_sft = torch.autograd.grad(l_sft, [theta[n] for n in names_t] + [lora[n] for n in names_w], allow_unused=True)
-    g_rl = torch.autograd.grad(l_rl, [theta[n] for n in names_t] + [lora[n] for n in names_w], allow_unused=True)
-    g_hat = torch.autograd.grad(l_hat, [hat[n] for n in names_t] + [lora[n] for n in names_w], allow_unused=True)
-    z = lambda g, like: torch.zeros_like(like) if g is None else g  # noqa: E731
-    k = len(names_t)
-    for i, n in enumerate(names_t):  # Eq. 7 and Eq. 9
-        expected = theta0[n] - alpha * ((1 - lam) * z(g_sft[i], theta0[n]) + lam * z(g_rl[i], theta0[n]))
-        torch.testing.assert_close(st.theta[n].detach(), expected, atol=1e-6, rtol=0)
-        expected_hat = hat0[n] - alpha_hat * z(g_hat[i], hat0[n])
-        torch.testing.assert_close(st.shadow[n].detach(), expected_hat, atol=1e-6, rtol=0)
-    for j, n in enumerate(names_w):  # Eq. 8
-        gs, gr, gh = (z(g[k + j], w0[n]) for g in (g_sft, g_rl, g_hat))
-        expected = w0[n] - beta * ((1 - lam) * gs + lam * (gr - gh))
-        torch.testing.assert_close(st.lora[n].detach(), expected, atol=1e-6, rtol=0)
-    moved = max((st.lora[n] - w0[n]).abs().max().item() for n in names_w)
+    moved = _assert_bridge_step_is_exact(tokenizer, f"bridge.lam={lam}", tie=tie)
     assert moved > 1e-4  # the check is not vacuous: w really moved
+
+
+def test_kl_term_enters_both_rl_passes_exactly(tokenizer):
+    """KL(pi || pi_ref) to the starting model, k3, in L_RL(theta, w) and L_RL(thetahat, w)."""
+    _assert_bridge_step_is_exact(tokenizer, "loss.kl_coef=0.5")
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_entropy_bonus_reaches_theta_thetahat_and_w_aggregated_like_the_surrogate(tokenizer, aggregation):
+    """loss.entropy_coef is a differentiable bonus (-coef * H per token) in both RL passes,
+    normalised by the run's aggregation like the clipped surrogate. The coefficient is large because
+    the tiny model's near-uniform distributions have small entropy gradients: this way the bonus
+    moves the weights ~100x the tolerance."""
+    _assert_bridge_step_is_exact(tokenizer, "loss.entropy_coef=5.0", f"loss.aggregation={aggregation}")
+
+
+def test_meta_false_trains_w_with_thetas_gradient_and_keeps_no_shadow(tokenizer):
+    """bridge.meta=false, the paper's ablation: w.grad = g1 = (1 - lam) grad L_SFT + lam grad L_RL."""
+    moved = _assert_bridge_step_is_exact(tokenizer, "bridge.meta=false", "loss.kl_coef=0.5")
+    assert moved > 1e-4
 
 
 def test_shadow_update_ignores_the_sft_batch(tokenizer):

@@ -118,7 +118,10 @@ def policy_loss(
                 no clipping and no old_logp (the expert's own probability is taken as 1).
                 The shaping keeps gradients alive on low-probability expert tokens.
     ref_logp / kl_coef / kl_estimator: add kl_coef * kl_penalty on every masked token.
-    entropy / entropy_coef: subtract entropy_coef * entropy [B, T] (an exploration bonus).
+    entropy / entropy_coef: subtract entropy_coef * entropy [B, T] per token (an exploration bonus),
+                before aggregation, so it is normalised exactly like the surrogate (expert rows
+                included). A bonus needs `entropy` with its graph (entropy_from_logits on the
+                logits that gave logp): a detached one would change the loss value, not the gradient.
     Returns (loss, metrics). Metrics are detached scalars, token means over the local mask:
     clip_ratio/low_mean, clip_ratio/high_mean, clip_ratio/region_mean (over on-policy tokens),
     kl (if ref_logp is given), entropy (if given).
@@ -153,6 +156,9 @@ def policy_loss(
         metrics["kl"] = _masked_mean(kl, mask)
     if entropy is not None:
         if entropy_coef != 0.0:
+            if logp.requires_grad and not entropy.requires_grad:
+                raise ValueError("entropy_coef != 0 needs the entropy with its graph (computed from the "
+                                 "logits that gave logp); a detached entropy leaves the gradient unchanged")
             per_token = per_token - entropy_coef * entropy
         metrics["entropy"] = _masked_mean(entropy, mask)
 

@@ -91,9 +91,14 @@ def concat(batches: list[TokenBatch], pad_id: int) -> TokenBatch:
     )
 
 
-def sequence_logprobs(model: torch.nn.Module, batch: TokenBatch, *, with_entropy: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs of the completion tokens [B, C] (and their entropies, no grad)."""
+def sequence_logprobs(model: torch.nn.Module, batch: TokenBatch, *, with_entropy: bool = False,
+                      entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs of the completion tokens [B, C] (and, with_entropy, their entropies [B, C]).
+
+    entropy_grad: the entropies keep their graph, so an entropy bonus in the loss reaches the
+    weights. That holds a float32 [C, V] softmax per row for the backward pass, so ask for it only
+    when the bonus is on; otherwise they are computed without grad, as a metric.
+    """
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     attention = torch.cat([batch.prompt_mask, batch.completion_mask.clamp(max=1)], dim=1)
     # Positions count only real tokens, as generate does under left padding.
@@ -104,7 +109,9 @@ def sequence_logprobs(model: torch.nn.Module, batch: TokenBatch, *, with_entropy
                    logits_to_keep=C + 1, use_cache=False).logits[:, :-1]  # [B, C, V]
     logp = token_logprobs(logits, batch.completion_ids)
     entropy = None
-    if with_entropy:
+    if with_entropy and entropy_grad:
+        entropy = entropy_from_logits(logits)
+    elif with_entropy:
         with torch.no_grad():
             entropy = entropy_from_logits(logits.detach())
     return logp, entropy

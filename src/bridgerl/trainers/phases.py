@@ -120,8 +120,9 @@ def sft_batch(st: TrainState) -> TokenBatch:
     return encode_pairs(st.tokenizer, prompts, [e.solution for e in examples], device=st.device)
 
 
-def _forward(st: TrainState, batch: TokenBatch, params: dict[str, torch.Tensor] | None, with_entropy: bool):
-    return sequence_logprobs(st.forward_module(params), batch, with_entropy=with_entropy)
+def _forward(st: TrainState, batch: TokenBatch, params: dict[str, torch.Tensor] | None, with_entropy: bool,
+             entropy_grad: bool = False):
+    return sequence_logprobs(st.forward_module(params), batch, with_entropy=with_entropy, entropy_grad=entropy_grad)
 
 
 def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str, torch.Tensor] | None = None,
@@ -145,7 +146,8 @@ def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str
     for chunk in batch.chunks(mb):
         rows = slice(start, start + len(chunk))
         start += len(chunk)
-        logp, entropy = _forward(st, chunk, params, want_entropy)
+        # The entropy bonus needs the entropies' graph (memory: a float32 softmax per row); the metric does not.
+        logp, entropy = _forward(st, chunk, params, want_entropy, entropy_grad=cfg.loss.entropy_coef != 0.0)
         old = logp.detach() if old_logp is None else old_logp[rows]
         ref_logp = None
         if st.ref is not None:

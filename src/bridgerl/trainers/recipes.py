@@ -77,24 +77,30 @@ def mix_step(st: TrainState) -> Metrics:
 
 
 def chord_mu(step: int, peak: float, valley: float, warmup: int, decay: int) -> float:
-    """CHORD-mu: linear warm-up to the peak, cosine decay to the valley, then flat."""
-    if warmup and step < warmup:
-        return peak * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, decay))
+    """CHORD-mu's weight at a 0-based step (the released mu_schedule_function): linear from 0 at step 0
+    to the peak at step `warmup`, cosine decay to the valley at step warmup + decay, then flat."""
+    if step < warmup:
+        return peak * step / warmup
+    if step >= warmup + decay:
+        return valley
+    t = (step - warmup) / decay
     return valley + 0.5 * (peak - valley) * (1 + math.cos(math.pi * t))
 
 
 def chord_step(st: TrainState) -> Metrics:
-    """CHORD: (1 - mu) L_GRPO + mu L_SFT, with per-token weight p(1-p) on expert tokens (phi)."""
+    """CHORD: (1 - mu) L_GRPO + mu L_SFT. baseline.chord_variant "mu": mu on its schedule, plain SFT;
+    "phi": a constant mu and the per-token weight phi = p(1-p) on expert tokens."""
     b = st.cfg.baseline
-    mu = chord_mu(st.step, b.chord_mu_peak, b.chord_mu_valley, b.chord_warmup_steps, b.chord_decay_steps)
+    phi = b.chord_variant == "phi"
+    mu = b.chord_phi_mu if phi else chord_mu(st.step, b.chord_mu_peak, b.chord_mu_valley, b.chord_warmup_steps,
+                                             b.chord_decay_steps)
     m: Metrics = {"chord/mu": mu}
     rb = rl_batch(st, m)
     batch = sft_batch(st)
     with st.timer("rl_fwd_bwd"):
         m["loss/rl"], _, pm = rl_pass(st, rb, scale=1.0 - mu)
     with st.timer("sft_fwd_bwd"):
-        m["loss/sft"] = sft_pass(st, batch, scale=mu, phi=b.chord_phi, metrics=m)
+        m["loss/sft"] = sft_pass(st, batch, scale=mu, phi=phi, metrics=m)
     m.update(pm)
     optimizer_step(st, ("theta",), m)
     return m
