@@ -80,7 +80,7 @@ def load_model(args: argparse.Namespace, device: str, dtype: str) -> tuple[Any, 
     mcfg = ModelConfig(name_or_path=args.model, dtype=dtype)
     try:
         model, tok = load(mcfg, device)
-        return model, tok, resolve(mcfg)[0], ""
+        return model, tok, resolve(mcfg), ""
     except ModelLoadError:
         if args.model != "embedded":
             raise

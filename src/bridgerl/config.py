@@ -135,9 +135,26 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     reward_noise: float = 0.0  # flip each 0/1 training reward with this probability (robustness study)
+    # vLLM engine only (rollout/vllm.py; README "vLLM"). Its memory: a share of the GPU, and bounds
+    # that keep its KV cache and scheduler batch to the size of the work.
     vllm_gpu_memory_utilization: float = 0.3
     vllm_enable_prefix_caching: bool = True  # the G samples of a prompt share its KV (reset at every sync)
-    vllm_max_model_len: int | None = None  # None = the model's own; smaller leaves more room for the KV cache
+    # prompt + completion tokens per sequence; None = the task's longest prompt + the larger of
+    # rollout.max_new_tokens and eval.max_new_tokens (capped at the model's context)
+    vllm_max_model_len: int | None = None
+    vllm_max_num_seqs: int | None = None  # sequences decoded at once; None = prompts_per_step * num_generations
+    # tokens per scheduler step; None = max(4096, max_model_len) (TRL's 4096: vLLM's larger default
+    # misleads its memory profiler into leaving little room for the KV cache)
+    vllm_max_num_batched_tokens: int | None = None
+    # sleep mode between generation and training: 0 = off; 1 = after each generate, offload vLLM's
+    # weights to CPU and free its KV cache (woken before the next sync / generate); 2 = discard the
+    # weights instead (no CPU copy; every wake re-sends theta + w)
+    vllm_sleep_level: int = 0
+    # TRL's truncated importance sampling (TIS): each token's policy loss times
+    # min(pi_trainer / pi_vllm, cap) for the sampled token, correcting vLLM's numerical mismatch
+    vllm_importance_sampling_correction: bool = True
+    vllm_importance_sampling_mode: str = "token_truncate"  # token_/sequence_ x truncate/mask (algos/importance.py)
+    vllm_importance_sampling_cap: float = 2.0  # C: weights above it are truncated to C (or masked to 0)
     # HF engine only (HFEngine.from_config): "dynamic" (default) | "static" preallocated KV cache
     hf_cache_implementation: str = "dynamic"
     hf_compile: bool = False  # torch.compile the decode forward (needs hf_cache_implementation=static)
@@ -284,6 +301,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "task.name": ("arith", "math", "gsm8k", "gym"),
     "rollout.engine": ("hf", "vllm"),
+    "rollout.vllm_sleep_level": (0, 1, 2),
+    "rollout.vllm_importance_sampling_mode": ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
     "loss.preset": ("grpo", "dr_grpo", "dapo", "bnpo"),
     "loss.kl_estimator": ("k1", "k3"),
     "loss.aggregation": (None, "token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
@@ -381,7 +400,7 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         value = get_path(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
     checks = [
         (cfg.train.steps >= 0, "train.steps must be >= 0"),
         (cfg.rollout.num_generations >= 2, "rollout.num_generations must be >= 2 (group advantages need a group)"),
@@ -391,6 +410,8 @@ def validate(cfg: Config) -> None:
         (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
         (0 <= cfg.rollout.reward_noise < 0.5, "rollout.reward_noise must be in [0, 0.5)"),
         (0 <= cfg.task.arith.trace_error_rate <= 1, "task.arith.trace_error_rate must be in [0, 1]"),
+        (cfg.rollout.vllm_importance_sampling_cap >= 1.0,
+         "rollout.vllm_importance_sampling_cap must be >= 1 (below 1 it would shrink every token's loss)"),
         (0 < cfg.bridge.lam <= 1, "bridge.lam must be in (0, 1]"),
         (0 < cfg.bridge.lam_start <= 1, "bridge.lam_start must be in (0, 1]"),
         (cfg.lora.r >= 1, "lora.r must be >= 1"),

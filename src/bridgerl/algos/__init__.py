@@ -6,6 +6,7 @@ every kernel is testable on CPU.
 
 from bridgerl.algos.advantages import group_advantages, group_stats, zero_std_group_mask
 from bridgerl.algos.bridge import combine_lora_grads, cooperative_gain, joint_loss, lam_at
+from bridgerl.algos.importance import IS_MODES, sampler_importance_weights
 from bridgerl.algos.logprobs import entropy_from_logits, token_logprobs
 from bridgerl.algos.losses import (
     PRESETS,
@@ -18,6 +19,7 @@ from bridgerl.algos.losses import (
 )
 
 __all__ = [
+    "IS_MODES",
     "PRESETS",
     "aggregate",
     "chord_phi_weights",
@@ -31,6 +33,7 @@ __all__ = [
     "kl_penalty",
     "lam_at",
     "policy_loss",
+    "sampler_importance_weights",
     "sft_loss",
     "token_logprobs",
     "zero_std_group_mask",

@@ -105,6 +105,7 @@ def policy_loss(
     entropy_coef: float = 0.0,
     off_policy: Tensor | None = None,
     shaped_gamma: float = 0.1,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO/GRPO clipped surrogate (the L_RL of BRIDGE Eqs. 7-9), one kernel for every variant.
 
@@ -122,6 +123,8 @@ def policy_loss(
                 before aggregation, so it is normalised exactly like the surrogate (expert rows
                 included). A bonus needs `entropy` with its graph (entropy_from_logits on the
                 logits that gave logp): a detached one would change the loss value, not the gradient.
+    token_weights: [B, T] constants >= 0 multiplying the clipped surrogate of on-policy rows
+                (not the KL or entropy terms), e.g. algos.importance's sampler correction.
     Returns (loss, metrics). Metrics are detached scalars, token means over the local mask:
     clip_ratio/low_mean, clip_ratio/high_mean, clip_ratio/region_mean (over on-policy tokens),
     kl (if ref_logp is given), entropy (if given).
@@ -141,6 +144,8 @@ def policy_loss(
     log_ratio = torch.where(off_tok, torch.zeros_like(logp), logp - old_logp.detach())
     ratio = torch.exp(log_ratio)
     surrogate = torch.min(ratio * adv, ratio.clamp(1.0 - lo, 1.0 + hi) * adv)
+    if token_weights is not None:
+        surrogate = surrogate * token_weights.detach()
     objective = surrogate
     if off_policy is not None:
         p = torch.exp(logp)

@@ -35,6 +35,10 @@ class Rollout:
     completion_mask: [B, C]  1 on generated tokens up to and including EOS
     texts:           B decoded completions (special tokens stripped)
     finish_reasons:  B of "stop" (EOS produced) or "length" (hit max_new_tokens)
+    sampler_logp:    [B, C] float32 log-prob of each completion token under the engine that
+                     sampled it (NaN where it did not say, anything on padding); None from an
+                     engine that samples with the trainer's own module (HF), whose log-probs
+                     are the trainer's
     """
 
     prompt_ids: torch.Tensor
@@ -43,6 +47,7 @@ class Rollout:
     completion_mask: torch.Tensor
     texts: list[str]
     finish_reasons: list[str]
+    sampler_logp: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -1,22 +1,30 @@
-"""Rollouts with vLLM, colocated with training on the same GPU. EXPERIMENTAL.
+"""Rollouts with vLLM, colocated with training on the same GPU.
 
-Experimental: the pure pieces (weight names, sampling flags, the Rollout layout) are tested on
-CPU, but the engine itself has not yet run on a GPU in this project; `tests/rollout/
-test_vllm_pieces.py -m vllm` is the check to run on a CUDA machine with `bridgerl[vllm]`.
+Read against vLLM 0.33.0 (the sources of its wheel, read, not installed: vllm/entrypoints/llm.py,
+sampling_params.py, outputs.py, logprobs.py, engine/arg_utils.py, v1/engine/{llm_engine,core}.py,
+v1/executor/{abstract,uniproc_executor}.py, v1/worker/gpu_worker.py) and vLLM's main of early
+2026, and against TRL's colocate mode (trl/generation/vllm_generation.py, GRPOTrainer). vLLM
+cannot be installed on the CPU machines this project is built on: every path here is tested
+with a stand-in `vllm` module (tests/rollout/fake_vllm.py), and `benchmarks/check_gpu.py` is the
+one-command check on a CUDA machine with `bridgerl[vllm]`.
 
-How it works (the TRL "colocate" design): every training process builds its own `vllm.LLM` in
-the same process (`distributed_executor_backend="external_launcher"`), taking
-`rollout.vllm_gpu_memory_utilization` of the GPU. vLLM holds its own copy of the weights, so
-after every optimizer step `sync(model)` streams theta + w, merged (W + s B A, no LoRA names),
-into vLLM's `load_weights`, one tensor at a time, and clears the prefix cache (cached prompt
-KV was computed with the old weights). `generate` also re-syncs by itself when the live
-module's parameters were replaced or changed since the last sync (e.g. evaluating the shadow
-thetahat inside `lora.swapped`), so the engine never samples from stale weights.
+How it works (TRL's "colocate" design): every training process builds its own `vllm.LLM` in the
+same process (`distributed_executor_backend="external_launcher"`, V1 multiprocessing off),
+taking `rollout.vllm_gpu_memory_utilization` of the GPU, its KV cache and batch bounded by
+`rollout.vllm_max_model_len` / `_max_num_seqs` / `_max_num_batched_tokens`. vLLM holds its own
+copy of the weights, so after every optimizer step `sync(model)` streams theta + w, merged
+(W + s B A, no LoRA names), into the model's `load_weights`, one tensor at a time, and resets
+the prefix cache (cached prompt KV was computed with the old weights; a refusal raises).
+`generate` also re-syncs by itself when the live module's parameters were replaced or changed
+since the last sync (e.g. evaluating the shadow thetahat inside `lora.swapped`), so the engine
+never samples from stale weights. With `rollout.vllm_sleep_level` 1 or 2 vLLM sleeps after each
+generate (weights offloaded or discarded, KV cache freed) and wakes its weights before the next
+sync, its KV cache before the next generate.
 
-Prompts are tokenised here exactly as the HF engine does and sent to vLLM as token ids, and
-the outputs are laid out exactly as the HF engine's `Rollout` (prompt left-padded, completion
-right-padded, mask up to and including EOS, rows grouped by prompt, texts decoded by our
-tokenizer), so recipes and graders cannot tell the engines apart.
+Prompts are tokenised here exactly as the HF engine does and sent to vLLM as token ids; the
+outputs are laid out exactly as the HF engine's `Rollout` (vllm_io.rollout_from_outputs), plus
+the sampled tokens' log-probs as vLLM computed them (`Rollout.sampler_logp`), which the trainer
+turns into TRL's truncated importance weight (algos/importance.py, rollout.vllm_importance_*).
 
 Distributed: names from DDP (`module.`), FSDP (`_fsdp_wrapped_module.`), activation
 checkpointing and torch.compile wrappers are stripped; FSDP2 DTensor parameters are gathered
@@ -28,21 +36,27 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from bridgerl.models.lora import LoRALinear, is_lora_param
 from bridgerl.rollout.base import Rollout, SamplingParams
 from bridgerl.rollout.hf import encode_left_padded, stop_token_ids
+from bridgerl.rollout.vllm_io import (check_tied_lora, rollout_from_outputs, to_vllm_sampling_kwargs, token_logprob,
+                                      vllm_weight_items, weights_key)
 
 INSTALL_HINT = "rollout.engine=vllm needs vLLM: run `pip install bridgerl[vllm]` on a machine with a CUDA GPU"
 
-# Name parts added by wrappers around the transformers model (never part of a checkpoint name).
-_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+# Sampled-token log-probs before temperature / top-p ("raw"), because the trainer's own
+# log-probs are taken at temperature 1 without top-p (trainers/batch.py): the importance weight
+# then measures the two engines' numerical mismatch only. TRL asks for "processed_logprobs"
+# because its trainer divides the logits by the temperature. At temperature 1 and top_p 1
+# (every shipped config) the two modes are the same numbers.
+LOGPROBS_MODE = "raw_logprobs"
+BATCHED_TOKENS = 4096  # TRL's max_num_batched_tokens: vLLM's larger default misleads its memory profiler
 
 
 def import_vllm() -> Any:
@@ -53,131 +67,45 @@ def import_vllm() -> Any:
     return vllm
 
 
-# -- weights: our module -> the names and values vLLM's load_weights expects ---------------------
-
-def vllm_name(name: str) -> str:
-    """A parameter name of our (possibly wrapped, LoRA-carrying) model -> the plain transformers name."""
-    while name.startswith("module."):  # DDP (possibly nested)
-        name = name[len("module."):]
-    for part in _WRAPPER_PARTS:
-        name = name.replace(part, "")
-    return name.replace(".base_layer.", ".")
+def max_prompt_tokens(tokenizer: Any, prompts: list[str], chunk: int = 256) -> int:
+    """Token length of the longest prompt, tokenised as `generate` will (chunked: a dataset of
+    long prompts is never padded into one tensor)."""
+    return max(encode_left_padded(tokenizer, prompts[i:i + chunk])[1].shape[1] for i in range(0, len(prompts), chunk))
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if hasattr(t, "full_tensor") else t  # FSDP2 DTensor shard -> whole tensor
+def default_max_model_len(cfg: Any, model: nn.Module, longest_prompt: int | None) -> int | None:
+    """rollout.vllm_max_model_len, else the longest prompt + the most new tokens any call asks for
+    (rollouts or evaluation), at most the model's context; None (vLLM's own: the model's context)
+    when neither is known."""
+    if cfg.rollout.vllm_max_model_len is not None:
+        return cfg.rollout.vllm_max_model_len
+    if longest_prompt is None:
+        return None
+    need = longest_prompt + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(need, context) if context else need
 
 
-@torch.no_grad()
-def vllm_weight_items(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(plain transformers name, tensor) for every parameter of theta + w merged, lazily.
-
-    LoRA layers yield their merged weight W + s * B @ A under the base layer's plain name; the
-    A and B tensors themselves are never yielded. Other parameters are yielded as they are (no
-    copy). Only one merged matrix exists at a time, so syncing a large model costs one layer of
-    extra memory. Tied parameters appear once (vLLM ties them again itself); buffers are not
-    sent (vLLM builds its own rotary tables).
-    """
-    lora = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
-    for name, param in model.named_parameters():
-        if is_lora_param(name):
-            continue
-        owner, _, leaf = name.rpartition(".base_layer.")
-        if leaf == "weight" and owner in lora:
-            layer = lora[owner]
-            a, b = _full(layer.lora_A.weight), _full(layer.lora_B.weight)
-            yield vllm_name(name), _full(param) + layer.scaling * (b @ a)  # [out, in] + s [out, r] @ [r, in]
-        else:
-            yield vllm_name(name), _full(param).detach()
-
-
-def weights_key(model: nn.Module) -> tuple[tuple[int, int], ...]:
-    """Changes whenever a parameter is updated in place (version counter) or swapped (storage)."""
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
-
-
-# -- sampling: our SamplingParams -> vllm.SamplingParams keyword arguments ------------------------
-
-def to_vllm_sampling_kwargs(params: SamplingParams, eos_ids: Iterable[int]) -> dict[str, Any]:
-    """The vLLM sampling flags that reproduce the HF engine's sampling.
-
-    Greedy (temperature 0) asks for one completion per prompt: the n greedy copies are
-    identical, and `rollout_from_outputs` repeats it. No top-k (vLLM's default is off, as
-    HF's top_k=0). Generation stops at every EOS id (tokenizer + generation config).
-    """
-    return {
-        "n": 1 if params.greedy else params.n,
-        "temperature": 0.0 if params.greedy else params.temperature,
-        "top_p": 1.0 if params.greedy else params.top_p,
-        "max_tokens": params.max_new_tokens,
-        "stop_token_ids": sorted(eos_ids),
-        "skip_special_tokens": True,
+def llm_kwargs(cfg: Any, model_dir: str, *, max_model_len: int | None, rank: int) -> dict[str, Any]:
+    """The keyword arguments of `vllm.LLM` (its own and EngineArgs') for one colocated rank."""
+    r = cfg.rollout
+    kwargs: dict[str, Any] = {
+        "model": model_dir,
+        "dtype": cfg.model.dtype,
+        "trust_remote_code": cfg.model.trust_remote_code,
+        "seed": cfg.run.seed + rank,  # ranks sample different streams
+        "gpu_memory_utilization": r.vllm_gpu_memory_utilization,
+        "enable_prefix_caching": r.vllm_enable_prefix_caching,
+        "max_num_seqs": r.vllm_max_num_seqs or r.prompts_per_step * r.num_generations,
+        "max_num_batched_tokens": r.vllm_max_num_batched_tokens or max(BATCHED_TOKENS, max_model_len or 0),
+        "enable_sleep_mode": r.vllm_sleep_level > 0,
+        "logprobs_mode": LOGPROBS_MODE,
+        "distributed_executor_backend": "external_launcher",  # in this process, beside training
     }
+    if max_model_len is not None:
+        kwargs["max_model_len"] = max_model_len
+    return kwargs
 
-
-# -- outputs: vLLM RequestOutputs -> our Rollout layout -------------------------------------------
-
-def _completion_tokens(completion: Any, eos_ids: set[int]) -> tuple[list[int], bool]:
-    """(tokens up to and including the first EOS, stopped at EOS?) of one vLLM CompletionOutput."""
-    ids = list(completion.token_ids)
-    for i, t in enumerate(ids):
-        if t in eos_ids:
-            return ids[: i + 1], True
-    # A stop token that vLLM reports in stop_reason but left out of token_ids: put it back, so
-    # the training mask covers the EOS as in the HF engine.
-    stop = getattr(completion, "stop_reason", None)
-    if completion.finish_reason == "stop" and isinstance(stop, int) and stop in eos_ids:
-        return ids + [stop], True
-    return ids, completion.finish_reason == "stop"
-
-
-def rollout_from_outputs(outputs: list[Any], prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, n: int,
-                         eos_ids: Iterable[int], pad_id: int,
-                         decode: Callable[[torch.Tensor], list[str]] | None = None) -> Rollout:
-    """One `Rollout` (HF engine layout) from vLLM's `LLM.generate` outputs, one per prompt in order.
-
-    outputs:     RequestOutput-like objects; `.outputs` holds CompletionOutputs with `index`,
-                 `token_ids`, `text`, `finish_reason` ("stop" | "length"), `stop_reason`
-    prompt_ids:  [P_rows, P] left-padded prompts as sent; prompt_mask the same shape
-    n:           completions per prompt wanted; a single (greedy) completion is repeated n times
-    decode:      completion ids [B, C] (pad after EOS) -> texts; None = vLLM's own `.text`
-    """
-    eos = set(eos_ids)
-    if len(outputs) != prompt_ids.shape[0]:
-        raise ValueError(f"{len(outputs)} vLLM outputs for {prompt_ids.shape[0]} prompts")
-    rows: list[list[int]] = []
-    stopped: list[bool] = []
-    texts: list[str] = []
-    for out in outputs:
-        completions = sorted(out.outputs, key=lambda c: getattr(c, "index", 0))
-        if len(completions) == 1 and n > 1:
-            completions = completions * n
-        if len(completions) != n:
-            raise ValueError(f"a prompt got {len(completions)} completions, expected {n}")
-        for c in completions:
-            ids, stop = _completion_tokens(c, eos)
-            rows.append(ids)
-            stopped.append(stop)
-            texts.append(c.text)
-    device = prompt_ids.device
-    width = max(1, max(len(r) for r in rows))
-    completion_ids = torch.full((len(rows), width), pad_id, dtype=prompt_ids.dtype)
-    completion_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, ids in enumerate(rows):
-        completion_ids[i, : len(ids)] = torch.tensor(ids, dtype=prompt_ids.dtype)
-        completion_mask[i, : len(ids)] = 1
-    completion_ids, completion_mask = completion_ids.to(device), completion_mask.to(device)
-    return Rollout(
-        prompt_ids=prompt_ids.repeat_interleave(n, dim=0),
-        prompt_mask=prompt_mask.repeat_interleave(n, dim=0),
-        completion_ids=completion_ids,
-        completion_mask=completion_mask,
-        texts=decode(completion_ids) if decode is not None else texts,
-        finish_reasons=["stop" if s else "length" for s in stopped],
-    )
-
-
-# -- the engine -----------------------------------------------------------------------------------
 
 def _load_on_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
     worker.model_runner.model.load_weights(weights)
@@ -185,8 +113,8 @@ def _load_on_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> Non
 
 def _inner_model(llm: Any) -> nn.Module | None:
     """vLLM's model object when it lives in this process (colocated); attribute paths differ by version."""
-    paths = ("llm_engine.model_executor.driver_worker.worker.model_runner.model",  # V1 in-process, V0 >= 0.7
-             "llm_engine.model_executor.driver_worker.model_runner.model")  # older V0
+    paths = ("llm_engine.model_executor.driver_worker.worker.model_runner.model",  # V1 in-process
+             "llm_engine.model_executor.driver_worker.model_runner.model")  # via WorkerWrapperBase.__getattr__; V0
     for path in paths:
         obj = llm
         try:
@@ -213,80 +141,124 @@ def _colocate_env() -> tuple[int, int]:
         with socket.socket() as s:
             s.bind(("localhost", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # keep the engine in this process
+    # The external launcher asserts it: the engine core must run in this process.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return rank, world
 
 
 class VLLMEngine:
-    """EXPERIMENTAL (not yet run on a GPU here). vLLM rollouts colocated with training.
+    """vLLM rollouts colocated with training (see the module docstring).
 
-    cfg: the run `Config` (model path and dtype, rollout.vllm_*, run.seed). `llm` and
-    `sampling_params_cls` replace vLLM's `LLM` and `SamplingParams` (a prebuilt engine, or
-    fakes in CPU tests); by default both come from the `vllm` package.
+    cfg: the run `Config` (model path and dtype, rollout.*, eval.max_new_tokens, run.seed).
+    prompts: every prompt this run may generate from, to size max_model_len (None: the
+    model's context, unless rollout.vllm_max_model_len is set). `llm` and
+    `sampling_params_cls` replace vLLM's `LLM` and `SamplingParams` (a prebuilt engine); by
+    default both come from the `vllm` package.
     """
 
-    def __init__(self, cfg: Any, model: nn.Module, tokenizer: Any, *, llm: Any = None,
-                 sampling_params_cls: Callable[..., Any] | None = None) -> None:
+    def __init__(self, cfg: Any, model: nn.Module, tokenizer: Any, *, prompts: list[str] | None = None,
+                 llm: Any = None, sampling_params_cls: Callable[..., Any] | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = stop_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.sleep_level = cfg.rollout.vllm_sleep_level
+        self.max_model_len = default_max_model_len(cfg, model, max_prompt_tokens(tokenizer, prompts) if prompts else None)
         if llm is None or sampling_params_cls is None:
+            rank = _colocate_env()[0] if llm is None else 0  # before vLLM is imported or built
             vllm = import_vllm()
             sampling_params_cls = sampling_params_cls or vllm.SamplingParams
-            llm = llm if llm is not None else self._build_llm(vllm, cfg)
+            llm = llm if llm is not None else self._build_llm(vllm, cfg, rank)
         self.llm = llm
         self.sampling_params_cls = sampling_params_cls
+        self._asleep: set[str] = set()
         self._synced: tuple | None = None
         self.sync(model)  # vLLM starts from the checkpoint on disk; the live module may differ
+        self._sleep()
 
-    @staticmethod
-    def _build_llm(vllm: Any, cfg: Any) -> Any:
+    def _build_llm(self, vllm: Any, cfg: Any, rank: int) -> Any:
         from bridgerl.config import ConfigError
         from bridgerl.models.loading import resolve
 
-        where, gguf = resolve(cfg.model)
-        if gguf:
-            raise ConfigError("rollout.engine=vllm needs a transformers model directory or hub id, not a GGUF "
-                              "file; use rollout.engine=hf")
+        where = resolve(cfg.model)  # a GGUF model is loaded from its converted transformers directory
         if not torch.cuda.is_available():
             raise ConfigError("rollout.engine=vllm needs a CUDA GPU; use rollout.engine=hf on this machine")
-        rank, _ = _colocate_env()
-        r = cfg.rollout
-        kwargs: dict[str, Any] = {}
-        if r.vllm_max_model_len is not None:
-            kwargs["max_model_len"] = r.vllm_max_model_len
-        return vllm.LLM(
-            model=where,
-            dtype=cfg.model.dtype,
-            gpu_memory_utilization=r.vllm_gpu_memory_utilization,
-            enable_prefix_caching=r.vllm_enable_prefix_caching,
-            seed=cfg.run.seed + rank,  # ranks sample different streams
-            distributed_executor_backend="external_launcher",  # in this process, beside training
-            trust_remote_code=cfg.model.trust_remote_code,
-            **kwargs,
-        )
+        return vllm.LLM(**llm_kwargs(cfg, where, max_model_len=self.max_model_len, rank=rank))
+
+    # -- sleep mode: asleep between generate and the next sync / generate --------------------------
+
+    def _wake(self, tag: str) -> None:
+        if tag not in self._asleep:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # training's freed blocks go back before vLLM reallocates (TRL does too)
+        self.llm.wake_up(tags=[tag])
+        self._asleep.discard(tag)
+        if tag == "weights" and self.sleep_level == 2:
+            self._synced = None  # level 2 discarded them: they must be sent again
+
+    def _sleep(self) -> None:
+        if self.sleep_level and not self._asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self._asleep = {"weights", "kv_cache"}
+
+    # -- weights and generation ---------------------------------------------------------------------
 
     def sync(self, model: nn.Module) -> None:
-        """Push theta + w (merged) into vLLM's copy of the weights."""
+        """Push theta + w (merged) into vLLM's copy of the weights, then reset its prefix cache."""
         self.model = model
+        check_tied_lora(model)
+        self._wake("weights")  # loading into slept (unmapped) weights would write to freed memory
         inner = _inner_model(self.llm)
         if inner is not None:
             inner.load_weights(vllm_weight_items(model))  # streamed: one merged matrix at a time
-        else:  # a newer layout: the public RPC, run by the in-process worker
+        else:  # no in-process model: the public RPC, run by the worker (all merged tensors at once)
             self.llm.collective_rpc(_load_on_worker, args=(list(vllm_weight_items(model)),))
-        if hasattr(self.llm, "reset_prefix_cache"):
-            self.llm.reset_prefix_cache()  # cached prompt KV came from the old weights
+        if self.llm.reset_prefix_cache() is False:  # False while requests still hold cached blocks
+            raise RuntimeError("vLLM refused to reset its prefix cache after a weight sync; prompts would be "
+                               "served from KV computed with the old weights")
         self._synced = weights_key(model)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> Rollout:
+    def _run(self, requests: list[dict[str, Any]], sampling: Any) -> list[Any]:
+        """vLLM's generate on current weights: wake them (re-sync if the module changed), wake the KV
+        cache, run, and sleep again (sleep mode)."""
+        self._wake("weights")
         if weights_key(self.model) != self._synced:  # e.g. thetahat swapped in for evaluation
             self.sync(self.model)
+        self._wake("kv_cache")
+        try:
+            return self.llm.generate(requests, sampling, use_tqdm=False)
+        finally:
+            self._sleep()
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> Rollout:
+        from bridgerl.config import ConfigError
+
         device = next(self.model.parameters()).device
         prompt_ids, prompt_mask = encode_left_padded(self.tokenizer, prompts, device)
+        longest = prompt_ids.shape[1]
+        if self.max_model_len is not None and longest + params.max_new_tokens > self.max_model_len:
+            raise ConfigError(f"a prompt of {longest} tokens + {params.max_new_tokens} new tokens exceeds vLLM's "
+                              f"max_model_len {self.max_model_len} (vLLM would cut the completion short); "
+                              f"raise rollout.vllm_max_model_len or lower the new tokens")
         requests = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids, prompt_mask)]
-        sampling = self.sampling_params_cls(**to_vllm_sampling_kwargs(params, self.eos_ids))
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        outputs = self._run(requests, self.sampling_params_cls(**to_vllm_sampling_kwargs(params, self.eos_ids)))
         return rollout_from_outputs(outputs, prompt_ids, prompt_mask, n=params.n, eos_ids=self.eos_ids,
                                     pad_id=self.pad_id,
                                     decode=partial(self.tokenizer.batch_decode, skip_special_tokens=True))
+
+    def prompt_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """vLLM's log-prob of each token of each sequence after the first, given the tokens before
+        it (prompt_logprobs=0, one throwaway new token): vLLM's forward pass, to check against the
+        trainer's (benchmarks/check_gpu.py). NaN where vLLM gives none."""
+        sampling = self.sampling_params_cls(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        outputs = self._run([{"prompt_token_ids": list(s)} for s in sequences], sampling)
+        return [[token_logprob(out.prompt_logprobs, i, t) for i, t in enumerate(s) if i > 0]
+                for out, s in zip(outputs, sequences)]
+
+
+def engine_prompts(task: Any, tokenizer: Any) -> list[str]:
+    """Every prompt a run on `task` can generate from (all splits), rendered as the trainer does."""
+    from bridgerl.tasks.base import render_prompt
+
+    return [render_prompt(task, e, tokenizer) for examples in task.splits.values() for e in examples]

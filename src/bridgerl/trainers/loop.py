@@ -25,7 +25,7 @@ from bridgerl.tasks import build_task
 from bridgerl.tasks.base import TEST, TEST_HARD, VAL, Task
 from bridgerl.trainers.phases import policy
 from bridgerl.trainers.recipes import STEPS
-from bridgerl.trainers.state import TrainState, build_state
+from bridgerl.trainers.state import USES_LORA, TrainState, build_state
 from bridgerl.utils.distributed import init_distributed
 from bridgerl.utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from bridgerl.utils.logging import MetricLogger, NullLogger
@@ -36,11 +36,13 @@ from bridgerl.utils.sharding import full_tensors
 console = Console(stderr=True)
 
 
-def make_engine(cfg: Config, model: torch.nn.Module, tokenizer: Any) -> Any:
+def make_engine(cfg: Config, model: torch.nn.Module, tokenizer: Any, task: Task | None = None) -> Any:
     if cfg.rollout.engine == "vllm":
-        from bridgerl.rollout.vllm import VLLMEngine
+        from bridgerl.rollout.vllm import VLLMEngine, check_tied_lora, engine_prompts
 
-        return VLLMEngine(cfg, model, tokenizer)
+        if cfg.recipe in USES_LORA:  # refused before anything is built or written
+            check_tied_lora(model, cfg.lora.targets)
+        return VLLMEngine(cfg, model, tokenizer, prompts=engine_prompts(task, tokenizer) if task else None)
     from bridgerl.rollout.hf import HFEngine
 
     return HFEngine.from_config(cfg, model, tokenizer)
@@ -139,7 +141,7 @@ def setup(cfg: Config) -> tuple[TrainState, Task]:
     seed_everything(cfg.run.seed + dist.rank)  # ranks sample different rollouts; rank 0 = one process
     task = build_task(cfg.task)
     model, tokenizer = load(cfg.model, dist.device)
-    engine = make_engine(cfg, model, tokenizer)
+    engine = make_engine(cfg, model, tokenizer, task)
     st = build_state(cfg, task, model, tokenizer, engine, dist)
     return st, task
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from bridgerl.algos import (PRESETS, chord_phi_weights, expert_token_stats, group_advantages, group_stats,
-                            policy_loss, sft_loss, zero_std_group_mask)
+                            policy_loss, sampler_importance_weights, sft_loss, zero_std_group_mask)
 from bridgerl.rollout.base import Rollout, SamplingParams
 from bridgerl.tasks.base import Example, render_prompt
 from bridgerl.trainers.batch import TokenBatch, encode_pairs, from_rollout, sequence_logprobs
@@ -30,6 +30,7 @@ class RLBatch:
     rewards: torch.Tensor  # [B]
     advantages: torch.Tensor  # [B]
     off_policy: torch.Tensor | None = None  # [B] bool, LUFFY's expert rows
+    sampler_logp: torch.Tensor | None = None  # [B, C] the sampling engine's log-probs (importance correction)
 
 
 def preset(st: TrainState) -> dict:
@@ -89,12 +90,13 @@ def rl_batch(st: TrainState, metrics: dict[str, float], examples: list[Example] 
     metrics.update(rollout_metrics(rollout, rewards, G))
     p = preset(st)
     adv = group_advantages(rewards, G, scale=p["advantage_scale"])
-    out = RLBatch(rows, from_rollout(rollout), rewards, adv)
+    out = RLBatch(rows, from_rollout(rollout), rewards, adv, sampler_logp=sampler_logp(st, rollout))
     if p["drop_zero_std_groups"]:
         keep = zero_std_group_mask(rewards, G)
         metrics["frac_rows_dropped"] = 1.0 - keep.float().mean().item()
         if keep.any():
-            out = RLBatch([r for r, k in zip(rows, keep.tolist()) if k], out.batch.select(keep), rewards[keep], adv[keep])
+            out = RLBatch([r for r, k in zip(rows, keep.tolist()) if k], out.batch.select(keep), rewards[keep], adv[keep],
+                          sampler_logp=None if out.sampler_logp is None else out.sampler_logp[keep])
     return out
 
 
@@ -114,6 +116,29 @@ def policy(st: TrainState, shadow: bool) -> Iterator[None]:
             yield
 
 
+def sampler_logp(st: TrainState, rollout: Rollout) -> torch.Tensor | None:
+    """The engine's log-probs of the sampled tokens when the importance correction is on (vLLM)."""
+    return rollout.sampler_logp if st.cfg.rollout.vllm_importance_sampling_correction else None
+
+
+def importance_weights(st: TrainState, trainer_logp: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor):
+    """(weights [B, C], metrics) of rollout.vllm_importance_sampling_* for these rows."""
+    r = st.cfg.rollout
+    return sampler_importance_weights(trainer_logp, sampler, mask, cap=r.vllm_importance_sampling_cap,
+                                      mode=r.vllm_importance_sampling_mode)
+
+
+def with_expert_rows(sampler: torch.Tensor | None, n_expert: int, width: int, order: torch.Tensor
+                     ) -> torch.Tensor | None:
+    """LUFFY's union groups: the rollouts' sampler log-probs [N, C] padded to `width`, then one NaN row
+    (no correction: the expert's tokens were not sampled) per expert trace, rows taken in `order`."""
+    if sampler is None:
+        return None
+    nan = float("nan")
+    rows = torch.nn.functional.pad(sampler, (0, width - sampler.shape[1]), value=nan)
+    return torch.cat([rows, rows.new_full((n_expert, width), nan)])[order.to(rows.device)]
+
+
 def sft_batch(st: TrainState) -> TokenBatch:
     examples = [st.sft_examples[i] for i in st.dist.shard(st.sft_sampler.take(st.cfg.train.sft_batch_size))]
     prompts = [render_prompt(st.task, e, st.tokenizer) for e in examples]
@@ -131,7 +156,9 @@ def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str
 
     params: evaluate with these parameters swapped in (the shadow thetahat); gradients then
     reach those tensors and the LoRA w. old_logp: log-probs of the sampling policy; None means
-    the batch was sampled by the parameters being trained (on-policy, ratio 1).
+    the batch was sampled by the parameters being trained (on-policy, ratio 1). When the batch
+    carries the sampling engine's log-probs, each token's surrogate is weighted by the truncated
+    importance weight of pi_old against them (algos.importance; its metrics join the others).
     """
     cfg, p = st.cfg, preset(st)
     batch, mb = rb.batch, cfg.train.micro_batch_size
@@ -149,6 +176,9 @@ def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str
         # The entropy bonus needs the entropies' graph (memory: a float32 softmax per row); the metric does not.
         logp, entropy = _forward(st, chunk, params, want_entropy, entropy_grad=cfg.loss.entropy_coef != 0.0)
         old = logp.detach() if old_logp is None else old_logp[rows]
+        weights = None
+        if rb.sampler_logp is not None:
+            weights, _ = importance_weights(st, old, rb.sampler_logp[rows], chunk.completion_mask)
         ref_logp = None
         if st.ref is not None:
             with torch.no_grad():
@@ -163,7 +193,7 @@ def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str
             max_len=max_len, ref_logp=ref_logp, kl_coef=cfg.loss.kl_coef, kl_estimator=cfg.loss.kl_estimator,
             entropy=entropy, entropy_coef=cfg.loss.entropy_coef,
             off_policy=None if rb.off_policy is None else rb.off_policy[rows],
-            shaped_gamma=cfg.baseline.luffy_gamma,
+            shaped_gamma=cfg.baseline.luffy_gamma, token_weights=weights,
         )
         (scale * loss).backward()
         total += loss.item()
@@ -174,6 +204,10 @@ def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str
     width = batch.completion_ids.shape[1]
     logp_all = torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in logps])
     metrics = {k: v / max(1.0, num_tokens) for k, v in sums.items()}
+    if rb.sampler_logp is not None:  # min / max need the whole batch, not micro-batch means
+        old_all = logp_all if old_logp is None else old_logp
+        _, im = importance_weights(st, old_all, rb.sampler_logp, batch.completion_mask)
+        metrics.update({k: float(v) for k, v in im.items()})
     return total, logp_all, metrics
 
 

@@ -15,7 +15,8 @@ from bridgerl.algos import combine_lora_grads, group_advantages, lam_at
 from bridgerl.tasks.base import render_prompt
 from bridgerl.trainers.batch import concat, encode_pairs, from_rollout
 from bridgerl.trainers.phases import (RLBatch, generate_and_grade, optimizer_step, policy, rl_batch, rl_pass,
-                                      rl_prompts, rollout_metrics, sft_batch, sft_pass, start_stage)
+                                      rl_prompts, rollout_metrics, sampler_logp, sft_batch, sft_pass, start_stage,
+                                      with_expert_rows)
 from bridgerl.trainers.state import TrainState
 
 Metrics = dict[str, float]
@@ -128,7 +129,8 @@ def luffy_step(st: TrainState) -> Metrics:
     off_policy = torch.zeros(len(order), dtype=torch.bool)
     off_policy[G - 1 :: G] = True
     adv = group_advantages(all_rewards, G, scale="none")  # LUFFY's released config: no std division
-    rb = RLBatch([e for e in examples for _ in range(G)], mixed.select(order), all_rewards, adv, off_policy)
+    rb = RLBatch([e for e in examples for _ in range(G)], mixed.select(order), all_rewards, adv, off_policy,
+                 with_expert_rows(sampler_logp(st, rollout), len(examples), mixed.completion_ids.shape[1], order))
     return rl_update(st, rb, m)
 
 
