@@ -71,11 +71,11 @@ def test_reward_is_the_weighted_sum_skipping_none_and_grade_is_reward_at_thresho
     def nowhere(completions, **kw):
         return [None] * len(completions)
 
-    task = user_task([correct, only_a, nowhere], weights=[1.0, 2.0, 5.0], threshold=1.5)
+    task = user_task([correct, only_a, nowhere], weights=[1.0, 2.0, 5.0], threshold=2.0)
     completions = ["#3", "#4", "#0"]  # right, right, wrong
     rewards = task.reward_batch(task.split("test"), completions)
     assert rewards == [1.0 + 2.0 * 0.5, 1.0, 2.0 * 0.5]
-    assert task.grade_batch(task.split("test"), completions) == [1.0, 0.0, 0.0]  # 2.0 >= 1.5; 1.0 and 1.0 are not
+    assert task.grade_batch(task.split("test"), completions) == [1.0, 0.0, 0.0]  # at the threshold counts
     all_none = user_task([nowhere], threshold=0.0)
     assert all_none.reward_batch(all_none.split("test"), completions) == [0.0, 0.0, 0.0]
 

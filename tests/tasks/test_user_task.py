@@ -83,8 +83,13 @@ def test_chat_prompts_without_a_chat_template_are_refused_before_training():
 
 
 def test_solutions_may_come_from_a_separate_sft_source_or_as_assistant_messages():
+    def needs_answer(completions, answer, **kw):  # the SFT file has no answer column: it is never graded
+        return [0.0] * len(completions)
+
     sft = [{"prompt": "Q:5+5=\nA:", "completion": [{"role": "assistant", "content": "5+5=10;#10"}]}]
-    task = task_of(train=[{"prompt": r["prompt"], "answer": r["answer"]} for r in ROWS], sft=sft, test=ROWS[:1])
+    train = [{"prompt": r["prompt"], "answer": r["answer"]} for r in ROWS]
+    task = build_task(TaskConfig(name="user", reward_funcs=[needs_answer],
+                                 user=UserTaskConfig(train=train, sft=sft, test=ROWS[:1])))
     assert [e.solution for e in task.split("sft_train")] == ["5+5=10;#10"]
     assert all(e.solution is None for e in task.split("rl_train"))
     with pytest.raises(TaskError, match=r"no solution column for SFT .*columns: prompt\); set task.user.solution_column"):

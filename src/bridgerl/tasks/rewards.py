@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bridgerl.tasks.base import Example, Task, TaskError
+from bridgerl.tasks.base import SFT_TRAIN, Example, Task, TaskError
 
 RewardFunc = Callable[..., Sequence[float | None]]
 PASSED = ("prompts", "completions")  # the arguments every call gets besides the columns
@@ -193,7 +193,7 @@ class RewardSet:
     def check(self, task: Task) -> None:
         """Every argument named by a function is a column of every split; then a dry run on a few examples."""
         for split, examples in task.splits.items():
-            if not examples:
+            if not examples or split == SFT_TRAIN:  # SFT rows are imitated, never graded
                 continue
             _, columns = task.reward_inputs(examples[0])
             for (name, _), (_, required) in zip(self.funcs, self._arguments):
