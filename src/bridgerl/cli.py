@@ -17,7 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-from bridgerl.config import ConfigError, load_config
+from bridgerl.config import ConfigError, load_config, split_config_args
+
+_split_config_args = split_config_args  # its old home; it lives with the config (report/compare.py needs it too)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -27,18 +29,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, TaskError, ModelLoadError
 
 
-def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
-    path, overrides = None, []
-    for a in args:
-        if "=" not in a and a.endswith((".yaml", ".yml")) and path is None:
-            path = a
-        else:
-            overrides.append(a)
-    return path, overrides
-
-
 def cmd_train(ns: argparse.Namespace) -> int:
-    path, overrides = _split_config_args(ns.args)
+    path, overrides = split_config_args(ns.args)
     cfg = load_config(path, overrides)  # config errors surface before the heavy imports
     from bridgerl.trainers.loop import train
 

@@ -7,6 +7,7 @@ a value of the wrong type, and a value outside its allowed set, each with one li
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +17,14 @@ from typing import Any
 import yaml
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """Bad user input (config, model, data, reward function): one line naming the problem and the fix.
+
+    The CLI prints it and exits with 2; from Python it is raised as is (`bridgerl.UserError`).
+    """
+
+
+class ConfigError(UserError):
     """A config problem, reported as one line that names the problem and the fix."""
 
 
@@ -119,11 +127,43 @@ class GymTaskConfig:
 
 
 @dataclass
+class UserTaskConfig:
+    """Your own data (task.name=user; tasks/user.py). A source is a .jsonl/.json/.parquet/.csv file or a
+    hub id `owner/name[:config][@split]`; from Python also a `datasets.Dataset` or a list of dicts.
+
+    A row holds a prompt (a string, or chat messages rendered with the tokenizer's chat template),
+    optionally an expert solution (the SFT target), and any other columns, which the reward functions
+    receive by name. val and test come from their own sources, or are held out of `train` (seeded).
+    """
+
+    train: Any = None  # the RL prompts (and SFT targets where the solution column is filled)
+    sft: Any = None  # a separate SFT source (prompt + solution); None = the train rows that have a solution
+    val: Any = None  # None = val_fraction of train, held out
+    test: Any = None  # None = test_fraction of train, held out
+    test_hard: Any = None  # an optional harder test set (no held-out default)
+    val_fraction: float = 0.0  # share of train held out as val where `val` is not given
+    test_fraction: float = 0.1  # share of train held out as test where `test` is not given
+    split_seed: int = 1234  # the seed of the held-out draw (independent of run.seed)
+    hub_split: str = "train"  # hub split of a hub id without @split (val/test: "validation"/"test")
+    prompt_column: str | None = None  # None = the one of prompt, messages, question, problem, query present
+    solution_column: str | None = None  # None = the one of solution, completion, response present (else no SFT)
+    limit: int | None = None  # keep the first N rows of each source
+
+
+@dataclass
 class TaskConfig:
-    name: str = "arith"  # arith | math | gsm8k | gym
+    name: str = "arith"  # arith | math | gsm8k | gym | user (your own data, task.user.*)
     arith: ArithConfig = field(default_factory=ArithConfig)
     math: MathTaskConfig = field(default_factory=MathTaskConfig)
     gym: GymTaskConfig = field(default_factory=GymTaskConfig)
+    user: UserTaskConfig = field(default_factory=UserTaskConfig)
+    # Reward functions that replace the task's own grader, in training AND evaluation (tasks/rewards.py).
+    # TRL's contract: f(prompts, completions, **columns) -> list[float | None]. Each is "pkg.module:function",
+    # "path/to/file.py:function", a built-in name (math_answer, arith_answer), or from Python the callable.
+    # [] = the task's own grader (task.name=user needs at least one).
+    reward_funcs: list[Any] = field(default_factory=list)
+    reward_weights: list[float] | None = None  # one weight per function; None = 1.0 each (reward = weighted sum)
+    accuracy_threshold: float = 1.0  # evaluation: a completion is correct when its weighted reward >= this
 
 
 @dataclass
@@ -299,7 +339,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "recipe": RECIPES,
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "task.name": ("arith", "math", "gsm8k", "gym"),
+    "task.name": ("arith", "math", "gsm8k", "gym", "user"),
     "rollout.engine": ("hf", "vllm"),
     "rollout.vllm_sleep_level": (0, 1, 2),
     "rollout.vllm_importance_sampling_mode": ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
@@ -322,6 +362,8 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; allow int -> float. Raise ConfigError."""
+    if tp is Any:  # a file name from YAML, or an object from Python (checked where it is used)
+        return value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -425,6 +467,14 @@ def validate(cfg: Config) -> None:
          "baseline.chord_warmup_steps and chord_decay_steps must be >= 0"),
         (cfg.train.sft_batch_size >= 1, "train.sft_batch_size must be >= 1"),
         (cfg.eval.k >= 1, "eval.k must be >= 1"),
+        (all(isinstance(f, str) or callable(f) for f in cfg.task.reward_funcs),
+         "task.reward_funcs: give each as 'pkg.module:function' or 'path/to/file.py:function' (or a callable)"),
+        (cfg.task.reward_weights is None or len(cfg.task.reward_weights) == len(cfg.task.reward_funcs),
+         f"task.reward_weights needs one weight per task.reward_funcs entry ({len(cfg.task.reward_funcs)})"),
+        (math.isfinite(cfg.task.accuracy_threshold), "task.accuracy_threshold must be a finite number"),
+        (0 <= cfg.task.user.val_fraction < 1 and 0 <= cfg.task.user.test_fraction < 1
+         and cfg.task.user.val_fraction + cfg.task.user.test_fraction < 1,
+         "task.user.val_fraction and test_fraction must be in [0, 1) and leave some rows to train on"),
     ]
     for ok, message in checks:
         if not ok:
@@ -437,9 +487,22 @@ def get_path(obj: Any, dotted: str) -> Any:
     return obj
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (if any), then the overrides; validated."""
-    cfg = Config()
+def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """(the first CONFIG.yaml, the key=value overrides) of a command line's positional arguments."""
+    path, overrides = None, []
+    for a in args:
+        if "=" not in a and a.endswith((".yaml", ".yml")) and path is None:
+            path = a
+        else:
+            overrides.append(a)
+    return path, overrides
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                values: dict[str, Any] | None = None, base: Config | None = None) -> Config:
+    """Defaults (or a copy of `base`), then the YAML file (if any), then `values` (a mapping, nested or
+    with dotted keys, whose values may be Python objects), then the key=value overrides; validated."""
+    cfg = _copy(base) if base is not None else Config()
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -453,8 +516,44 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not {type(data).__name__}")
         _apply(cfg, data)
+    if values:
+        _apply(cfg, _nest(values))
     if overrides:
         _apply(cfg, _dotted_to_nested(overrides))
+    return finish(cfg)
+
+
+def _nest(data: dict[str, Any]) -> dict[str, Any]:
+    """{"train.steps": 2, "task": {...}} -> nested mappings (dotted keys split, values kept as they are)."""
+    nested: dict[str, Any] = {}
+    for key, value in data.items():
+        *parents, last = str(key).split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key {key!r} conflicts with an earlier value of {p!r}")
+        _merge(node, {last: _nest(value) if isinstance(value, dict) else value})
+    return nested
+
+
+def _copy(obj: Any) -> Any:
+    """A copy of a config's dataclasses and lists; the objects in them (datasets, callables) are shared."""
+    if dataclasses.is_dataclass(obj):
+        return type(obj)(**{f.name: _copy(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+    return list(obj) if isinstance(obj, list) else obj
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def finish(cfg: Config) -> Config:
+    """Fill the recipe-dependent defaults (optim.lr) and validate; returns cfg."""
     if cfg.optim.lr is None and cfg.recipe in RECIPE_LR:
         cfg.optim.lr = RECIPE_LR[cfg.recipe]
         if cfg.recipe == "cold-start" and cfg.baseline.cold_start_rl_lr is None:
@@ -468,4 +567,22 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML; Python objects (reward callables, in-memory datasets) appear as their names."""
+    return yaml.safe_dump(_plain(cfg), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, dict) for v in value):  # rows given from Python
+            return f"<{len(value)} rows given from Python>"
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}:{value.__qualname__}"
+    size = f" of {len(value)} rows" if hasattr(value, "__len__") else ""
+    return f"<{type(value).__name__}{size} from Python>"

@@ -221,6 +221,6 @@ def test_hub_ids_go_through_datasets(monkeypatch) -> None:
 
 
 def test_task_registry_is_a_plain_dict() -> None:
-    assert set(TASKS) == {"arith", "math", "gsm8k", "gym"}
+    assert set(TASKS) == {"arith", "math", "gsm8k", "gym", "user"}
     with pytest.raises(TaskError, match="unknown task"):
         build_task(TaskConfig(name="nope"))

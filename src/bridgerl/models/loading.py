@@ -8,14 +8,14 @@ from typing import Any
 
 import torch
 
-from bridgerl.config import ModelConfig
+from bridgerl.config import ModelConfig, UserError
 
 EMBEDDED = "embedded"
 EMBEDDED_V1 = "embedded-v1"  # the first testbed's base model (configs/testbed-v1.yaml)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """The model could not be loaded; one line naming the path and the fix."""
 
 

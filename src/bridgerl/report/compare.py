@@ -60,7 +60,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn)
 from rich.text import Text
 
-from bridgerl.config import RECIPES, Config, ConfigError, load_config, to_dict
+from bridgerl.config import RECIPES, Config, ConfigError, load_config, split_config_args, to_dict
 from bridgerl.report.jobs import Children, last_line, thread_env
 from bridgerl.report.claims import META_OFF, Evidence, add_intervals, claims, render_claims
 from bridgerl.report.plots import Run, group_runs, load_run, order_key, plot_runs
@@ -246,9 +246,7 @@ def _estimate(pr: PlannedRun, durations: dict[str, list[float]], minutes: float 
 
 
 def run_compare(ns: argparse.Namespace) -> int:
-    from bridgerl.cli import _split_config_args
-
-    path, user = _split_config_args(ns.args or [])
+    path, user = split_config_args(ns.args or [])
     base_cfg = load_config(path, user)
     plan = plan_runs(ns, base_cfg)
     compare_dir = Path(base_cfg.run.output_dir) / f"compare-{ns.name}"

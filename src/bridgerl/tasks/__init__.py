@@ -2,6 +2,8 @@
 
 `build_task(cfg.task)` picks a builder from the plain dict `TASKS` by `cfg.name`. Builders import
 their task module lazily, so `import bridgerl.tasks` stays light (no math-verify, no reasoning-gym).
+Where `cfg.reward_funcs` is set, those functions replace the task's grader (tasks/rewards.py), and
+are checked on a few examples before anything is written.
 """
 
 from __future__ import annotations
@@ -47,12 +49,22 @@ def _gym(cfg: TaskConfig, data_root: str | None) -> Task:
     return GymTask(cfg.gym)
 
 
+def _user(cfg: TaskConfig, data_root: str | None) -> Task:
+    from bridgerl.tasks.user import UserTask
+
+    if not cfg.reward_funcs:
+        raise TaskError("task 'user' is graded by your reward functions; set task.reward_funcs "
+                        "(e.g. [my_rewards.py:correct], or a built-in: math_answer, arith_answer)")
+    return UserTask(cfg.user)
+
+
 # task.name -> builder(task config, data root) -> Task
 TASKS: dict[str, Callable[[TaskConfig, str | None], Task]] = {
     "arith": _arith,
     "math": _math,
     "gsm8k": _gsm8k,
     "gym": _gym,
+    "user": _user,
 }
 
 
@@ -61,4 +73,13 @@ def build_task(cfg: TaskConfig, *, data_root: str | None = None) -> Task:
     builder = TASKS.get(cfg.name)
     if builder is None:
         raise TaskError(f"unknown task {cfg.name!r}; choose one of: {', '.join(TASKS)}")
-    return builder(cfg, data_root)
+    rewards = None
+    if cfg.reward_funcs:  # loaded first: an unimportable function fails before any data is read
+        from bridgerl.tasks.rewards import RewardSet
+
+        rewards = RewardSet(cfg.reward_funcs, cfg.reward_weights, cfg.accuracy_threshold)
+    task = builder(cfg, data_root)
+    if rewards is not None:
+        task.reward_set = rewards
+        rewards.check(task)
+    return task

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridgerl.config import UserError
+
 # Split names every task provides (a split may be empty where a source has none).
 RL_TRAIN = "rl_train"  # prompts with a checkable answer (D_RL)
 SFT_TRAIN = "sft_train"  # prompts with an expert solution (D_SFT)
@@ -18,7 +20,7 @@ VAL = "val"  # held-out problems for choosing hyperparameters (never the test sp
 SPLITS = (RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, VAL)
 
 
-class TaskError(ValueError):
+class TaskError(UserError):
     """A task could not be built (bad file, malformed row, unknown option). One clear line."""
 
 
@@ -48,6 +50,9 @@ class Task:
 
     name: str = "task"
     use_chat_template: bool = False
+    # Reward functions replacing `grade` in training and evaluation (task.reward_funcs): a
+    # tasks.rewards.RewardSet, set by build_task; None = the task's own grader.
+    reward_set: Any = None
 
     def __init__(self) -> None:
         self.splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
@@ -66,14 +71,36 @@ class Task:
         raise NotImplementedError
 
     def grade_batch(self, examples: list[Example], completions: list[str]) -> list[float]:
+        """The evaluation grades, 1.0 or 0.0 (with reward functions: weighted reward >= the threshold)."""
+        if self.reward_set is not None:
+            return self.reward_set.grade(self, examples, completions)
         return [self.grade(e, c) for e, c in zip(examples, completions, strict=True)]
+
+    def reward_batch(self, examples: list[Example], completions: list[str]) -> list[float]:
+        """The training rewards: the weighted sum of the reward functions where set, else the grades."""
+        if self.reward_set is not None:
+            return self.reward_set.score(self, examples, completions)
+        return self.grade_batch(examples, completions)
+
+    def reward_inputs(self, example: Example) -> tuple[Any, dict[str, Any]]:
+        """What a reward function sees of an example: its prompt (TRL's `prompts` item) and its columns."""
+        columns = {"question": example.question, "answer": example.answer, "solution": example.solution}
+        columns.update({k: v for k, v in example.meta.items() if k not in columns})
+        return self.prompt(example), columns
+
+    def render(self, example: Example, tokenizer: Any) -> str:
+        """The prompt string fed to the model: the prompt, in the chat template if asked and present."""
+        text = self.prompt(example)
+        if self.use_chat_template and getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        return text
+
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """Raise TaskError where this task's prompts cannot be rendered with `tokenizer` (before any output)."""
 
 
 def render_prompt(task: Task, example: Example, tokenizer: Any) -> str:
-    """The prompt string fed to the model: the task's prompt, in the chat template if asked and present."""
-    text = task.prompt(example)
-    if task.use_chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-    return text
+    """The prompt string fed to the model (Task.render)."""
+    return task.render(example, tokenizer)

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from bridgerl.config import Config, ConfigError, dump_yaml
+from bridgerl.config import Config, ConfigError, UserError, dump_yaml
 from bridgerl.eval.evaluate import evaluate, write_records
 from bridgerl.models.loading import load
 from bridgerl.models.lora import save_adapter, save_merged
@@ -30,6 +30,7 @@ from bridgerl.utils.distributed import init_distributed
 from bridgerl.utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from bridgerl.utils.logging import MetricLogger, NullLogger
 from bridgerl.utils.memory import held_mb, peak_cuda_mb, peak_rss_mb
+from bridgerl.utils.progress import progress_display
 from bridgerl.utils.seed import seed_everything
 from bridgerl.utils.sharding import full_tensors
 
@@ -185,6 +186,7 @@ def train(cfg: Config) -> dict[str, Any]:
     # Only rank 0 writes files; the other ranks compute their shares and log nothing.
     logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, append=ckpt is not None) if main else NullLogger()
     out_dir = run_dir if main else None
+    failed = False
     try:
         if ckpt is None:
             summary.update(final_eval(st, out_dir, prefix="initial/"))
@@ -203,8 +205,13 @@ def train(cfg: Config) -> dict[str, Any]:
                              if k in ("eval/accuracy", "eval_hard/accuracy", "shadow/eval/accuracy")})
         with st.timer("save"):
             save_outputs(st, out_dir)
+    except UserError:  # found mid-run (a reward function raising on a completion): leave nothing half-written
+        failed = True
+        raise
     finally:
         logger.close()
+        if failed and ckpt is None and main and latest_checkpoint(run_dir) is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
     summary["steps"] = st.step
     summary["time_s"] = time.perf_counter() - t_start
     summary["peak_rss_mb"] = peak_rss_mb()
@@ -235,7 +242,7 @@ def _loop(st: TrainState, logger: MetricLogger, t_start: float, checkpoint: Call
     step_fn = STEPS[cfg.recipe]
     columns = [TextColumn(f"[bold]{cfg.recipe}[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[info]}")]
-    with Progress(*columns, console=console, disable=not (cfg.log.progress and st.dist.main)) as progress:
+    with progress_display(columns, console, label=cfg.recipe, disable=not (cfg.log.progress and st.dist.main)) as progress:
         bar = progress.add_task("train", total=cfg.train.steps, completed=st.step, info="")
         for step in range(st.step, cfg.train.steps):
             st.step = step

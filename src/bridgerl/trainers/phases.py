@@ -61,7 +61,7 @@ def generate_and_grade(st: TrainState, examples: list[Example], n: int) -> tuple
         rollout = st.engine.generate(prompts, sampling(st, n))
     rows = [e for e in examples for _ in range(n)]
     with st.timer("grade"):
-        rewards = torch.tensor(st.task.grade_batch(rows, rollout.texts), dtype=torch.float32)
+        rewards = torch.tensor(st.task.reward_batch(rows, rollout.texts), dtype=torch.float32)
         if st.cfg.rollout.reward_noise > 0:
             rewards = flip_rewards(rewards, st.cfg.rollout.reward_noise, seed=st.cfg.run.seed * 100_003 + st.step)
     return rollout, rewards, rows

@@ -119,7 +119,7 @@ def luffy_step(st: TrainState) -> Metrics:
     prompts = [render_prompt(st.task, e, st.tokenizer) for e in examples]
     expert = encode_pairs(st.tokenizer, prompts, [e.solution for e in examples], device=st.device)
     with st.timer("grade"):
-        expert_rewards = torch.tensor(st.task.grade_batch(examples, [e.solution for e in examples]))
+        expert_rewards = torch.tensor(st.task.reward_batch(examples, [e.solution for e in examples]))
     m["luffy/expert_reward"] = expert_rewards.mean().item()
     # Build the union groups: rows i*G .. i*G+G-2 are prompt i's rollouts, row i*G+G-1 its expert.
     mixed = concat([from_rollout(rollout), expert], st.tokenizer.pad_token_id)

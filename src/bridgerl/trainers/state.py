@@ -144,6 +144,7 @@ def check_data(cfg: Config, task: Task) -> None:
 def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engine: Any,
                 dist: Dist | None = None) -> TrainState:
     check_data(cfg, task)
+    task.check_tokenizer(tokenizer)  # e.g. chat-message prompts need a chat template: refuse before any output
     dist = dist or Dist(device=next(model.parameters()).device)
     if cfg.rollout.prompts_per_step % dist.world or cfg.train.sft_batch_size % dist.world:
         raise ValueError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) and train.sft_batch_size "
