@@ -65,6 +65,11 @@ class Task:
         """1.0 if the completion's final answer is correct, else 0.0. Deterministic, never raises."""
         raise NotImplementedError
 
+    def data_hint(self, split: str) -> str:
+        """One clause saying where `split` comes from (file, columns, rows lacking a solution), for the
+        message that refuses an empty or incomplete split; "" when the task has nothing to add."""
+        return ""
+
     def grade_batch(self, examples: list[Example], completions: list[str]) -> list[float]:
         return [self.grade(e, c) for e, c in zip(examples, completions, strict=True)]
 
