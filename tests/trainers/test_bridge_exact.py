@@ -65,14 +65,14 @@ def _losses(plain, tok, cfg, theta, hat, lora, theta0):
     l_sft = -torch.cat(sft).sum() / sum(len(x) for x in sft)
     ref = merged_params(theta0, {n: torch.zeros_like(w) for n, w in lora.items()}, scaling)
 
-    def l_rl(weights):
+    def l_rl(weights, sampler):
         rows = []
         for q, group in RL_GROUPS.items():
             r = torch.tensor([rw for _, rw in group], dtype=torch.float64)
             adv = (r - r.mean()) / (r.std() + 1e-4)
             for (c, _), a in zip(group, adv):
                 prompt = f"Q:{q}=\nA:"
-                old = row_forward(plain, merged_params(theta, lora, scaling), tok, prompt, c)[0].detach()
+                old = row_forward(plain, merged_params(sampler, lora, scaling), tok, prompt, c)[0].detach()
                 new, entropy = row_forward(plain, merged_params(weights, lora, scaling), tok, prompt, c)
                 ratio = torch.exp(new - old)
                 per_token = -torch.min(ratio * a, ratio.clamp(1 - eps, 1 + eps) * a)
@@ -82,7 +82,9 @@ def _losses(plain, tok, cfg, theta, hat, lora, theta0):
                 rows.append(per_token - loss.entropy_coef * entropy)
         return _aggregate(rows, loss.aggregation, cfg.rollout.max_new_tokens)
 
-    return l_sft, l_rl(theta), None if hat is None else l_rl(hat)
+    # thetahat's ratio is against the policy that sampled its rollouts: theta + w (shared), or itself (own)
+    own = cfg.bridge.shadow_rollouts == "own"
+    return l_sft, l_rl(theta, theta), None if hat is None else l_rl(hat, hat if own else theta)
 
 
 def _assert_bridge_step_is_exact(tokenizer, *overrides, tie=False):
@@ -148,6 +150,34 @@ def test_meta_false_trains_w_with_thetas_gradient_and_keeps_no_shadow(tokenizer)
     """bridge.meta=false, the paper's ablation: w.grad = g1 = (1 - lam) grad L_SFT + lam grad L_RL."""
     moved = _assert_bridge_step_is_exact(tokenizer, "bridge.meta=false", "loss.kl_coef=0.5")
     assert moved > 1e-4
+
+
+def test_own_shadow_rollouts_give_an_on_policy_shadow_pass(tokenizer):
+    """bridge.shadow_rollouts=own: pass 2 is on thetahat + w's own samples, ratio 1 at thetahat (the
+    fixed engine returns the same completions, so only the ratio's denominator differs from shared)."""
+    moved = _assert_bridge_step_is_exact(tokenizer, "bridge.shadow_rollouts=own")
+    assert moved > 1e-4
+
+
+def test_own_shadow_rollouts_are_sampled_from_thetahat_plus_w(tokenizer):
+    st, _ = _bridge_state(tokenizer, "bridge.shadow_rollouts=own")
+    seen = []
+    engine = st.engine
+    probe = next(n for n in st.theta if n.endswith("q_proj.base_layer.weight"))
+    original = engine.generate
+
+    def recording(prompts, params):
+        seen.append((list(prompts), st.model.get_parameter(probe).detach().clone()))
+        return original(prompts, params)
+
+    engine.generate = recording
+    theta0, hat0 = st.theta[probe].detach().clone(), st.shadow[probe].detach().clone()
+    metrics = bridge_step(st)
+    assert len(seen) == 2 and seen[0][0] == seen[1][0]  # the same prompts, sampled twice
+    torch.testing.assert_close(seen[0][1], theta0, atol=0, rtol=0)  # theta + w first
+    torch.testing.assert_close(seen[1][1], hat0, atol=0, rtol=0)  # then thetahat + w
+    assert not torch.equal(theta0, hat0)
+    assert "shadow/reward" in metrics and "bridge/reward_gain" in metrics
 
 
 def test_shadow_update_ignores_the_sft_batch(tokenizer):
