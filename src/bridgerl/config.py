@@ -224,7 +224,10 @@ class OptimConfig:
     # alpha: theta (full base weights); None = the recipe's testbed rate, RECIPE_LR (the paper: 5e-7
     # for every method on 3B-8B models)
     lr: float | None = None
-    lora_lr: float = 1e-3  # beta: the LoRA w. Paper silent; 10x alpha on real models (docs/decisions.md)
+    # beta: the LoRA w. Paper silent; 10x alpha on real models. 3e-4 on the testbed: the largest rate at
+    # which thetahat + w did not collapse on val (at 1e-3 w, which descends J_RL(thetahat, w), outran
+    # the shadow in every seed; docs/decisions.md)
+    lora_lr: float = 3e-4
     # thetahat's rate; None = lr (the paper's single alpha). 1e-4 on the testbed: at 1e-3 pure RL on
     # theta's rollouts collapsed the shadow to 0% within 40 steps (docs/decisions.md)
     shadow_lr: float | None = 1e-4
@@ -255,8 +258,9 @@ class BridgeConfig:
     meta: bool = True  # False: the paper's ablation, w trained with theta's loss (no -lam grad L2)
     # thetahat's RL pass (Eq. 9) on "shared" rollouts sampled from theta + w (the paper's v3; ratio
     # pi(thetahat, w) / pi_old(theta, w)) or on its "own": thetahat + w samples the same prompts
-    # (one more generation per step; on-policy, as grad_w J_RL(thetahat, w) is defined)
-    shadow_rollouts: str = "shared"
+    # (one more generation per step; on-policy, as grad_w J_RL(thetahat, w) is defined). "own" is the
+    # default: with shared rollouts the shadow fell to 0% from the first evaluation (docs/decisions.md)
+    shadow_rollouts: str = "own"
 
 
 @dataclass
@@ -458,6 +462,10 @@ def validate(cfg: Config) -> None:
         (cfg.rollout.vllm_importance_sampling_cap >= 1.0,
          "rollout.vllm_importance_sampling_cap must be >= 1 (below 1 it would shrink every token's loss)"),
         (0 < cfg.bridge.lam <= 1, "bridge.lam must be in (0, 1]"),
+        (not (cfg.rollout.engine == "vllm" and cfg.recipe == "bridge" and cfg.bridge.meta
+              and cfg.bridge.shadow_rollouts == "own"),
+         "bridge.shadow_rollouts=own samples from thetahat + w, which the vLLM engine does not hold; "
+         "use bridge.shadow_rollouts=shared with rollout.engine=vllm (or rollout.engine=hf)"),
         (0 < cfg.bridge.lam_start <= 1, "bridge.lam_start must be in (0, 1]"),
         (cfg.lora.r >= 1, "lora.r must be >= 1"),
         (0 <= cfg.lora.dropout < 1, "lora.dropout must be in [0, 1)"),
