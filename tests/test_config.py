@@ -78,3 +78,9 @@ def test_every_shipped_config_file_loads():
     assert files, "configs/ is empty"
     for f in files:
         assert isinstance(load_config(f), Config), f
+
+
+def test_own_shadow_rollouts_with_vllm_are_refused_in_one_line():
+    with pytest.raises(ConfigError, match="shadow_rollouts=shared"):
+        load_config(None, ["recipe=bridge", "rollout.engine=vllm", "bridge.shadow_rollouts=own"])
+    assert load_config(None, ["recipe=bridge", "rollout.engine=vllm", "bridge.shadow_rollouts=shared"])
