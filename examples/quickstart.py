@@ -42,8 +42,9 @@ config.task.user.train = str(HERE / "data" / "sums.jsonl")
 config.task.reward_funcs = [correct, ends_with_answer]
 config.task.reward_weights = [1.0, 0.1]  # accuracy: weighted reward >= task.accuracy_threshold (1.0)
 
-result = train(config, train={"steps": 4, "sft_batch_size": 8}, rollout={"prompts_per_step": 4,
-               "num_generations": 4, "max_new_tokens": 24}, lora={"r": 4},
+# A few small steps, so that it runs in seconds on a CPU (and a gentle rate, for steps this few)
+result = train(config, train={"steps": 4, "sft_batch_size": 8}, optim={"lr": 3e-4}, lora={"r": 4},
+               rollout={"prompts_per_step": 4, "num_generations": 4, "max_new_tokens": 24},
                run={"output_dir": OUTPUT_DIR, "name": "quickstart"})
 print(f"test accuracy {result.summary['initial/eval/accuracy']:.2f} -> {result.summary['eval/accuracy']:.2f}")
 print("run folder:", result.run_dir)

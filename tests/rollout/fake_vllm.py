@@ -334,7 +334,8 @@ class LLM:
 def module() -> types.ModuleType:
     """A fresh `vllm` module object exposing the stand-in's public names."""
     mod = types.ModuleType("vllm")
-    mod.LLM, mod.SamplingParams, mod.RequestOutput, mod.CompletionOutput = LLM, SamplingParams, RequestOutput, CompletionOutput
+    mod.LLM, mod.SamplingParams = LLM, SamplingParams
+    mod.RequestOutput, mod.CompletionOutput = RequestOutput, CompletionOutput
     mod.__version__ = "0.33.0 (bridgerl test stand-in)"
     mod.__file__ = __file__
     return mod

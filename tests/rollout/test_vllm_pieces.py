@@ -32,6 +32,7 @@ from bridgerl.rollout.vllm import (
     max_prompt_tokens,
 )
 from bridgerl.rollout.vllm_io import (
+    _full,
     check_tied_lora,
     rollout_from_outputs,
     to_vllm_sampling_kwargs,
@@ -240,7 +241,8 @@ def test_token_logprob_reads_the_sampled_token_and_says_nan_when_absent():
     position = [{4: Logprob(-0.3, rank=2), 9: Logprob(-1.2, rank=1)}]  # logprobs=1: sampled token + top-1
     assert token_logprob(position, 0, 4) == -0.3
     assert math.isnan(token_logprob(position, 0, 5)) and math.isnan(token_logprob(position, 1, 4))
-    assert math.isnan(token_logprob(None, 0, 4)) and math.isnan(token_logprob([None], 0, 4))  # prompt logprobs start with None
+    assert math.isnan(token_logprob(None, 0, 4))
+    assert math.isnan(token_logprob([None], 0, 4))  # prompt log-probs start with None
 
 
 # -- the tied-embedding LoRA refusal --------------------------------------------------------------
@@ -260,6 +262,12 @@ def test_a_lora_on_a_tied_lm_head_is_refused_in_one_line(tok):
 def test_untied_heads_and_other_targets_pass(tok):
     check_tied_lora(LlamaForCausalLM(llama_config(tok, tied=False)), ["lm_head", *TARGETS])
     check_tied_lora(lora_llama(tok, tied=True), TARGETS)
+
+
+def test_a_sharded_parameter_is_sent_whole():
+    whole = torch.arange(6.0).reshape(2, 3)
+    shard = SimpleNamespace(full_tensor=lambda: whole)  # FSDP2's DTensor: full_tensor() all-gathers
+    assert _full(shard) is whole and _full(whole) is whole
 
 
 def test_weights_key_follows_in_place_updates_and_swaps(tok):

@@ -91,6 +91,9 @@ def test_builtin_graders_grade_as_the_tasks_own_graders():
 
 
 def test_builtin_math_grader_is_math_verify_on_the_boxed_answer(tmp_path):
+    from bridgerl.tasks.grading import grade_math
+
+    grade_math("1", "\\boxed{1}", timeout_s=0)  # imports math-verify and sympy outside the per-answer timeout
     data = tmp_path / "m.jsonl"
     data.write_text('{"question": "Half of 1?", "answer": "\\\\frac{1}{2}"}\n{"question": "2+2?", "answer": "4"}\n')
     cfg = TaskConfig(name="math", math=MathTaskConfig(test_path=str(data)))

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from bridgerl.rollout.base import SamplingParams
 from bridgerl.trainers.batch import from_rollout, sequence_logprobs
 from bridgerl.trainers.phases import rl_batch, rl_pass, with_expert_rows
 from bridgerl.trainers.state import build_state
@@ -64,7 +65,10 @@ def test_rl_loss_and_gradient_carry_the_truncated_importance_weight(tokenizer, c
     expected = _expected(st, rb, cap)
     expected.backward()
     assert loss == pytest.approx(expected.item(), abs=1e-7)  # the weights are float32, as the log-probs
-    assert got and all(torch.allclose(got[n], p.grad, rtol=1e-5, atol=1e-9) for n, p in model.named_parameters() if n in got)
+    assert got
+    for n, p in model.named_parameters():
+        if n in got:
+            assert torch.allclose(got[n], p.grad, rtol=1e-5, atol=1e-9), n
     assert pm["sampling/importance_sampling_ratio/max"] == pytest.approx(min(3.0, cap))
     assert pm["sampling/importance_sampling_ratio/min"] == pytest.approx(0.5)
     assert pm["sampling/sampling_logp_difference/max"] == pytest.approx(math.log(3.0), abs=1e-6)
@@ -76,7 +80,8 @@ def test_micro_batches_give_the_same_weighted_loss(tokenizer):
     a = rl_pass(whole, rl_batch(whole, {}))
     b = rl_pass(parts, rl_batch(parts, {}))
     assert a[0] == pytest.approx(b[0], abs=1e-7)
-    assert a[2]["sampling/importance_sampling_ratio/mean"] == pytest.approx(b[2]["sampling/importance_sampling_ratio/mean"])
+    key = "sampling/importance_sampling_ratio/mean"
+    assert a[2][key] == pytest.approx(b[2][key])
 
 
 def test_switching_the_correction_off_gives_the_plain_loss(tokenizer):
@@ -92,9 +97,14 @@ def test_switching_the_correction_off_gives_the_plain_loss(tokenizer):
 
 
 def test_dropped_groups_keep_their_sampler_rows_aligned(tokenizer):
-    st, _ = _state(tokenizer, "loss.preset=dapo")  # drops zero-std groups; here none, so select the same rows
-    rb = rl_batch(st, {})
-    assert rb.sampler_logp.shape == rb.batch.completion_ids.shape
+    st, _ = _state(tokenizer, "loss.preset=dapo")  # DAPO drops groups whose rewards are all equal
+    st.task.rewards["2+2"] = {c: 0.0 for c in st.task.rewards["2+2"]}  # the second group: all wrong
+    full = st.engine.generate(["Q:1+2=\nA:", "Q:2+2=\nA:"], SamplingParams(max_new_tokens=8, n=3))
+    m: dict[str, float] = {}
+    rb = rl_batch(st, m)
+    assert m["frac_rows_dropped"] == pytest.approx(0.5) and len(rb.batch) == 3
+    assert torch.equal(rb.batch.completion_ids, full.completion_ids[:3])  # the "1+2" group is what is left
+    assert torch.equal(rb.sampler_logp, full.sampler_logp[:3])
 
 
 def test_luffy_expert_rows_get_no_sampler_logprobs():

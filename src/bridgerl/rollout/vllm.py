@@ -163,7 +163,8 @@ class VLLMEngine:
         self.eos_ids = stop_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.sleep_level = cfg.rollout.vllm_sleep_level
-        self.max_model_len = default_max_model_len(cfg, model, max_prompt_tokens(tokenizer, prompts) if prompts else None)
+        longest = max_prompt_tokens(tokenizer, prompts) if prompts else None
+        self.max_model_len = default_max_model_len(cfg, model, longest)
         if llm is None or sampling_params_cls is None:
             rank = _colocate_env()[0] if llm is None else 0  # before vLLM is imported or built
             vllm = import_vllm()

@@ -95,8 +95,9 @@ def rl_batch(st: TrainState, metrics: dict[str, float], examples: list[Example] 
         keep = zero_std_group_mask(rewards, G)
         metrics["frac_rows_dropped"] = 1.0 - keep.float().mean().item()
         if keep.any():
+            sampler = None if out.sampler_logp is None else out.sampler_logp[keep]
             out = RLBatch([r for r, k in zip(rows, keep.tolist()) if k], out.batch.select(keep), rewards[keep], adv[keep],
-                          sampler_logp=None if out.sampler_logp is None else out.sampler_logp[keep])
+                          sampler_logp=sampler)
     return out
 
 
