@@ -95,7 +95,7 @@ def test_without_a_gpu_the_engine_is_refused_in_one_line(fake_vllm_module, monke
 
 
 def test_a_lora_on_the_tied_lm_head_is_refused_before_vllm_is_built(fake_vllm_module):
-    cfg = load_config(None, ["rollout.engine=vllm", "recipe=bridge", "lora.targets=[q_proj,lm_head]"])
+    cfg = load_config(None, ["rollout.engine=vllm", "recipe=bridge", "bridge.shadow_rollouts=shared", "lora.targets=[q_proj,lm_head]"])
     model, tok = load(cfg.model)  # the embedded model ties lm_head to the embeddings
     with pytest.raises(ConfigError, match="cannot serve a LoRA on lm_head"):
         make_engine(cfg, model, tok)
