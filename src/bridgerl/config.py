@@ -48,7 +48,9 @@ class RunConfig:
     name: str = "default"  # outputs go to <output_dir>/<name>/
     output_dir: str = "runs"
     seed: int = 0
-    overwrite: bool = True  # replace an existing run directory of the same name (False: refuse)
+    # An existing <output_dir>/<name>/ is never replaced silently: training refuses with one line
+    # (continue it with resume=true, or pick another name). true = delete it first and start over.
+    overwrite: bool = False
 
 
 @dataclass
@@ -296,8 +298,15 @@ class TrainConfig:
     micro_batch_size: int | None = None  # rows per forward/backward chunk (None = whole batch); exact
     max_minutes: float | None = None  # stop after this wall time (equal-wall-clock comparisons)
     log_every: int = 1
-    save_every: int = 0  # 0 = only the final model
+    save_every: int = 0  # checkpoint every N steps (0 = off; see checkpoint_minutes)
     keep_last: int = 2
+    # Also checkpoint once this much wall time has passed since the last checkpoint (0 = off), so a
+    # crash or preemption loses at most this much work; Ctrl-C / SIGTERM always checkpoint.
+    checkpoint_minutes: float = 30.0
+    # A prompt (plus rollout.max_new_tokens, or an SFT prompt plus its solution) longer than the
+    # model's context: "error" = refuse at start naming the split and example; "drop" = leave such
+    # examples out of every split, printing how many.
+    overlong: str = "error"
     # Multi-process memory layout: "none" = every rank holds every weight (data parallel);
     # "fsdp" = theta, thetahat, the reference and their optimizer states sharded over ranks
     # (torch FSDP2, utils/sharding.py); "auto" = fsdp when accelerate was launched with an FSDP
@@ -328,6 +337,9 @@ class LogConfig:
 @dataclass
 class Config:
     recipe: str = "bridge"  # one of RECIPES
+    # Continue <run.output_dir>/<run.name>/ from its last checkpoint. Refused (naming the keys) where its
+    # config.yaml differs in a key that changes training; logging, eval, checkpointing and output
+    # names may differ (utils/rundir.py). With no checkpoint yet, it starts that run again.
     resume: bool = False
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -361,6 +373,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "baseline.chord_variant": ("mu", "phi"),
     "train.sharding": ("auto", "none", "fsdp"),
     "eval.split": ("test", "val"),
+    "train.overlong": ("error", "drop"),
 }
 
 
@@ -487,6 +500,7 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.task.user.val_fraction < 1 and 0 <= cfg.task.user.test_fraction < 1
          and cfg.task.user.val_fraction + cfg.task.user.test_fraction < 1,
          "task.user.val_fraction and test_fraction must be in [0, 1) and leave some rows to train on"),
+        (cfg.train.checkpoint_minutes >= 0, "train.checkpoint_minutes must be >= 0 (0 = off)"),
     ]
     for ok, message in checks:
         if not ok:

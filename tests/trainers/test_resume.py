@@ -1,12 +1,13 @@
-"""Exact resume: a run killed with SIGKILL (also while writing a checkpoint) and resumed with
-resume=true ends with the same metrics and the same final weights as an uninterrupted run, on
-one process and on two (weights replicated, or sharded with FSDP2 through the shipped
-accelerate configs)."""
+"""Exact resume: a run killed with SIGKILL (also while writing a checkpoint), or stopped with
+SIGINT / SIGTERM, and resumed with resume=true ends with the same metrics and the same final weights
+as an uninterrupted run, on one process and on two (weights replicated, or sharded with FSDP2
+through the shipped accelerate configs)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -79,18 +80,25 @@ def _kill_after_checkpoint(cmd, ckpt_dir, env):
     assert not (ckpt_dir.parent / "summary.json").exists(), "the run finished before it was killed"
 
 
-def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, model_dir):
+@pytest.fixture(scope="module")
+def full(tmp_path_factory, model_dir):
+    """The uninterrupted run every single-process test compares with."""
+    out = tmp_path_factory.mktemp("full")
+    subprocess.run(_cmd(out, model_dir, "full"), check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                   capture_output=True)
+    return out / "full"
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, model_dir, full):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_cmd(tmp_path, model_dir, "full"), check=True, env=env, capture_output=True)
     _kill_after_checkpoint(_cmd(tmp_path, model_dir, "killed"), tmp_path / "killed" / "checkpoints", env)
     subprocess.run(_cmd(tmp_path, model_dir, "killed", "resume=true"), check=True, env=env, capture_output=True)
-    _assert_same_run(tmp_path / "full", tmp_path / "killed")
+    _assert_same_run(full, tmp_path / "killed")
     assert len(list((tmp_path / "killed" / "checkpoints").glob("step-*"))) <= 2  # keep_last
 
 
-def test_checkpoint_killed_mid_write_is_ignored_on_resume(tmp_path, model_dir):
+def test_checkpoint_killed_mid_write_is_ignored_on_resume(tmp_path, model_dir, full):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_cmd(tmp_path, model_dir, "full"), check=True, env=env, capture_output=True)
     ckpts = tmp_path / "torn" / "checkpoints"
     _kill_after_checkpoint(_cmd(tmp_path, model_dir, "torn"), ckpts, env)
     # What a SIGKILL during save_checkpoint leaves: a temporary folder with truncated files.
@@ -100,7 +108,52 @@ def test_checkpoint_killed_mid_write_is_ignored_on_resume(tmp_path, model_dir):
     (torn / "trainer_state.pt").write_bytes((torn / "trainer_state.pt").read_bytes()[:100])
     subprocess.run(_cmd(tmp_path, model_dir, "torn", "resume=true"), check=True, env=env, capture_output=True)
     assert not torn.exists()
-    _assert_same_run(tmp_path / "full", tmp_path / "torn")
+    _assert_same_run(full, tmp_path / "torn")
+
+
+def _signal_mid_run(cmd, run, env, sig):
+    """Start a run, send `sig` once it has logged two steps, wait; (exit code, stderr lines)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    metrics, deadline = run / "metrics.jsonl", time.time() + 300
+    while not metrics.is_file() or len(metrics.read_text().splitlines()) < 3:  # the step-0 row + two steps
+        assert proc.poll() is None, "run ended before it was signalled"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, [line for line in err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_checkpoints_the_last_step_and_the_printed_command_resumes_it_exactly(tmp_path, model_dir, full, sig,
+                                                                                       code):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "cut"
+    # no periodic checkpoints: whatever resumes was written because of the signal
+    returncode, lines = _signal_mid_run(_cmd(tmp_path, model_dir, "cut", "train.save_every=0"), run, env, sig)
+    assert returncode == code and not any("Traceback" in line for line in lines), lines
+    assert lines[:-1] == [f"run folder: {run} (new)"]  # after the signal: one line
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 2 <= summary["steps"] < 12
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step-{summary['steps']}"]
+    assert f"interrupted by {sig.name} after step {summary['steps']} of 12" in lines[-1]
+    command = shlex.split(lines[-1].split("resume with: ", 1)[1])
+    assert command[:2] == ["bridgerl", "train"] and command[-1] == "resume=true"
+    subprocess.run([sys.executable, "-m", "bridgerl", *command[1:]], check=True, env=env, capture_output=True)
+    _assert_same_run(full, run)
+
+
+def test_long_runs_checkpoint_by_wall_clock(tmp_path, model_dir):
+    from bridgerl.config import load_config
+    from bridgerl.trainers.loop import train
+
+    assert load_config().train.checkpoint_minutes > 0  # on by default
+    args = [*COMMON, "recipe=sft", "train.steps=3", "train.save_every=0", "train.keep_last=5", "eval.every=0",
+            f"model.name_or_path={model_dir}", f"run.output_dir={tmp_path}"]
+    train(load_config(None, [*args, "run.name=often", "train.checkpoint_minutes=1e-9"]))  # due after every step
+    assert sorted(p.name for p in (tmp_path / "often" / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    train(load_config(None, [*args, "run.name=never", "train.checkpoint_minutes=0"]))
+    assert not (tmp_path / "never" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("launch_config,checkpoint_file", [("ddp.yaml", "model.safetensors"), ("fsdp.yaml", "shard-1.pt")])

@@ -113,13 +113,16 @@ def merged_state_dict(model: nn.Module, overrides: dict[str, torch.Tensor] | Non
 
     `overrides` replaces base parameters by name (e.g. the shadow thetahat) before merging.
     """
-    overrides = overrides or {}
+    overrides = dict(overrides or {})
+    # A tied weight (lm_head = embed_tokens) has one parameter name but two state-dict keys: the
+    # override must reach both, or the alias keeps theta's value and wins when the copy re-ties.
+    by_param = {id(p): overrides[n] for n, p in model.named_parameters() if n in overrides}
     state = {}
     with torch.no_grad():
-        for name, tensor in model.state_dict(keep_vars=False).items():
+        for name, tensor in model.state_dict(keep_vars=True).items():
             if is_lora_param(name):
                 continue
-            state[name] = overrides.get(name, tensor).detach().clone()
+            state[name] = overrides.get(name, by_param.get(id(tensor), tensor)).detach().clone()
         for name, layer in lora_modules(model):
             w_key = f"{name}.base_layer.weight"
             base = overrides.get(w_key, layer.base_layer.weight)

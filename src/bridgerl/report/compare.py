@@ -68,6 +68,7 @@ from bridgerl.report.lr_sweep import lr_extensions, lr_of, val_accuracy
 from bridgerl.report.summary import EPS, lr_selection, render_report, summarize
 from bridgerl.tasks import build_task
 from bridgerl.tasks.base import VAL
+from bridgerl.utils.rundir import finished
 
 console = Console(stderr=True)
 
@@ -157,7 +158,7 @@ def plan_runs(ns: argparse.Namespace, base_cfg: Config) -> list[PlannedRun]:
 def run_overrides(user: list[str], pr: PlannedRun, compare_dir: Path) -> list[str]:
     """One run's overrides after the config file: the user's, the plan's, then where and how it runs."""
     # resume=true only for a folder left by an interrupted run: it continues from a checkpoint if one exists
-    resume = (compare_dir / pr.name).is_dir() and not (compare_dir / pr.name / "summary.json").is_file()
+    resume = (compare_dir / pr.name).is_dir() and not finished(compare_dir / pr.name)
     return [*user, *pr.overrides, f"run.output_dir={compare_dir}", f"run.name={pr.name}", f"run.seed={pr.seed}",
             "run.overwrite=true", f"resume={str(resume).lower()}"]
 
@@ -337,7 +338,7 @@ def _update_sidecar(run_dir: Path, **values: Any) -> None:
 
 def _finished(run_dir: Path, cfg: Config) -> bool:
     """True if run_dir holds a finished run of cfg; a finished run with other settings is a ConfigError."""
-    if not (run_dir / "summary.json").is_file():
+    if not finished(run_dir):  # no summary.json, or one marked interrupted (resumable)
         return False
     if diff := config_mismatch(load_run(run_dir).config, cfg):
         raise ConfigError(f"{run_dir} holds a finished run with other settings ({'; '.join(diff[:3])}); "

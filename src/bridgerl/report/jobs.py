@@ -28,8 +28,11 @@ class Children:
         return [key for key, _ in self.procs.values()]
 
     def start(self, key: int, argv: list[str], log: Path) -> None:
+        # A session of its own: a terminal's Ctrl-C reaches compare only, whose stop() then sends each child
+        # one SIGTERM (a second signal would make a run abandon its step instead of checkpointing it).
         with log.open("w") as f:  # stdout and stderr, interleaved as the child wrote them
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=self.env)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=self.env,
+                                    start_new_session=True)
         self.procs[proc.pid] = (key, proc)
 
     def wait_any(self, poll_s: float = 0.2) -> tuple[int, int, float]:
@@ -44,7 +47,8 @@ class Children:
             time.sleep(poll_s)
 
     def stop(self) -> None:
-        """Terminate and reap the children still running (the parent is stopping: an error or Ctrl-C)."""
+        """Stop and reap the children still running (the parent is stopping: an error or Ctrl-C); each
+        checkpoints its last complete step on the SIGTERM and exits."""
         for _, proc in self.procs.values():
             proc.terminate()
         for _, proc in self.procs.values():

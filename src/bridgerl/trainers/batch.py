@@ -58,11 +58,16 @@ def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+def prompt_special_tokens(tokenizer: Any, prompt: str) -> bool:
+    """Whether tokenizing the prompt adds BOS: not where the chat template already wrote it."""
+    bos = tokenizer.bos_token
+    return not (bos and prompt.startswith(bos))
+
+
 def encode_pairs(tokenizer: Any, prompts: list[str], completions: list[str], *, add_eos: bool = True,
                  max_completion_tokens: int | None = None, device: torch.device | str = "cpu") -> TokenBatch:
     """Tokenize prompt / completion pairs separately (the prompt with BOS, the completion + EOS)."""
-    bos = tokenizer.bos_token
-    prompt_tok = [tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"] for p in prompts]
+    prompt_tok = [tokenizer(p, add_special_tokens=prompt_special_tokens(tokenizer, p))["input_ids"] for p in prompts]
     comp_tok = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
     if add_eos:
         comp_tok = [c + [tokenizer.eos_token_id] for c in comp_tok]

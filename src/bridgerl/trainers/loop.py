@@ -7,7 +7,9 @@ the run directory is created, so a failed start leaves nothing half-written behi
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,24 +19,32 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from bridgerl.config import Config, ConfigError, UserError, dump_yaml
+from bridgerl.config import Config, UserError, dump_yaml
 from bridgerl.eval.evaluate import evaluate, write_records
 from bridgerl.models.loading import load
 from bridgerl.models.lora import save_adapter, save_merged
 from bridgerl.tasks import build_task
 from bridgerl.tasks.base import TEST, TEST_HARD, VAL, Task
+from bridgerl.trainers.lengths import check_lengths
 from bridgerl.trainers.phases import policy
 from bridgerl.trainers.recipes import STEPS
 from bridgerl.trainers.state import USES_LORA, TrainState, build_state
 from bridgerl.utils.distributed import init_distributed
-from bridgerl.utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from bridgerl.utils.logging import MetricLogger, NullLogger
+from bridgerl.utils.checkpoint import PREFIX, complete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+from bridgerl.utils.interrupt import RunInterrupted, StopRequest
+from bridgerl.utils.logging import MetricLogger, NullLogger, quiet_transformers
 from bridgerl.utils.memory import held_mb, peak_cuda_mb, peak_rss_mb
 from bridgerl.utils.progress import progress_display
+from bridgerl.utils.rundir import INTERRUPTED, Start, plan_start
 from bridgerl.utils.seed import seed_everything
 from bridgerl.utils.sharding import full_tensors
 
 console = Console(stderr=True)
+
+
+def say(message: str) -> None:
+    """One line on the console, never wrapped or styled (paths are copied from it)."""
+    console.print(message, soft_wrap=True, markup=False, highlight=False)
 
 
 def make_engine(cfg: Config, model: torch.nn.Module, tokenizer: Any, task: Task | None = None) -> Any:
@@ -49,18 +59,12 @@ def make_engine(cfg: Config, model: torch.nn.Module, tokenizer: Any, task: Task 
     return HFEngine.from_config(cfg, model, tokenizer)
 
 
-def run_dir_for(cfg: Config) -> Path:
-    return Path(cfg.run.output_dir) / cfg.run.name
-
-
-def prepare_run_dir(cfg: Config) -> Path:
-    path = run_dir_for(cfg)
-    if path.exists():
-        if not cfg.run.overwrite:
-            raise ConfigError(f"run directory {str(path)!r} exists; pick another run.name or set run.overwrite=true")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
+def prepare_run_dir(start: Start, cfg: Config) -> None:
+    """Create the run folder (rank 0), deleting an old one only where plan_start allowed it."""
+    if start.action in ("overwrite", "restart") and start.run_dir.exists():
+        shutil.rmtree(start.run_dir)
+    start.run_dir.mkdir(parents=True, exist_ok=True)
+    (start.run_dir / "config.yaml").write_text(dump_yaml(cfg))
 
 
 def eval_split(st: TrainState, split: str, *, limit: int | None = None, shadow: bool = False,
@@ -92,7 +96,7 @@ def periodic_eval(st: TrainState) -> dict[str, float]:
     key = "eval" if split == TEST else f"eval_{split}"  # val curves are never mistaken for test ones
     out = {f"{key}/accuracy": eval_split(st, split, limit=limit)[0]}
     if st.shadow is not None and st.cfg.eval.shadow:
-        out[f"{key}_shadow/accuracy"] = eval_split(st, split, limit=limit, shadow=True)[0]
+        out[f"shadow/{key}/accuracy"] = eval_split(st, split, limit=limit, shadow=True)[0]
     return out
 
 
@@ -139,21 +143,14 @@ def save_outputs(st: TrainState, run_dir: Path | None) -> None:
 def setup(cfg: Config) -> tuple[TrainState, Task]:
     """Everything that can reject user input, before any file is written."""
     dist = init_distributed()
+    quiet_transformers()
     seed_everything(cfg.run.seed + dist.rank)  # ranks sample different rollouts; rank 0 = one process
     task = build_task(cfg.task)
     model, tokenizer = load(cfg.model, dist.device)
+    check_lengths(cfg, task, tokenizer, model, say=say if dist.main else None)
     engine = make_engine(cfg, model, tokenizer, task)
     st = build_state(cfg, task, model, tokenizer, engine, dist)
     return st, task
-
-
-def _resume_point(cfg: Config) -> Path | None:
-    if not cfg.resume:
-        return None
-    ckpt = latest_checkpoint(run_dir_for(cfg)) if run_dir_for(cfg).is_dir() else None
-    if ckpt is None:
-        console.print(f"resume=true: no complete checkpoint under {run_dir_for(cfg)}; starting from scratch")
-    return ckpt
 
 
 def _truncate_metrics(run_dir: Path, step: int) -> None:
@@ -165,24 +162,40 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
 
 
 def train(cfg: Config) -> dict[str, Any]:
+    """Run cfg to the end and return its summary.
+
+    On SIGINT / SIGTERM the step in progress finishes, is checkpointed, summary.json says
+    "interrupted", and RunInterrupted is raised (utils/interrupt.py); a second signal abandons the
+    step. A signal after the last step lets the run finish.
+    """
+    start = plan_start(cfg)  # refusals read files only: before anything loads or is written
     t_start = time.perf_counter()
-    st, _ = setup(cfg)
-    main = st.dist.main
-    ckpt = _resume_point(cfg)
+    st, _ = setup(cfg)  # a signal here ends the process as usual: nothing is written yet
+    with StopRequest() as stop:
+        try:
+            return _train(st, start, stop, t_start)
+        except KeyboardInterrupt:  # a second signal: abandon the step in progress
+            raise _abandoned(cfg, start, stop) from None
+
+
+def _train(st: TrainState, start: Start, stop: StopRequest, t_start: float) -> dict[str, Any]:
+    cfg = st.cfg
+    main, run_dir, ckpt = st.dist.main, start.run_dir, start.checkpoint
     summary: dict[str, Any] = {"recipe": cfg.recipe, "run": cfg.run.name}
     if ckpt is not None:
-        run_dir = run_dir_for(cfg)
         extra = load_checkpoint(st, ckpt)
         t_start -= extra["time_s"]  # wall time continues from the checkpoint
         summary.update(extra["initial"])
         if main:  # one writer: two ranks rewriting the file at once can lose its rows
             _truncate_metrics(run_dir, st.step)
-            console.print(f"resumed from {ckpt} at step {st.step}")
     elif main:
-        run_dir = prepare_run_dir(cfg)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        prepare_run_dir(start, cfg)
+    start.prepared = True
+    if main:
+        how = {"resume": f"resumed from {ckpt}", "restart": "restarted: no checkpoint to resume from yet",
+               "overwrite": "replaced: run.overwrite=true"}.get(start.action, "new")
+        say(f"run folder: {run_dir} ({how})")
     st.dist.barrier()
-    run_dir = run_dir_for(cfg)
     # Only rank 0 writes files; the other ranks compute their shares and log nothing.
     logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, append=ckpt is not None) if main else NullLogger()
     out_dir = run_dir if main else None
@@ -193,15 +206,26 @@ def train(cfg: Config) -> dict[str, Any]:
             logger.log(0, {"time_s": time.perf_counter() - t_start, "eval/accuracy": summary.get("initial/eval/accuracy"),
                            **st.timer.pop()})
         initial = {k: v for k, v in summary.items() if k.startswith("initial/")}
+        saved = {"step": st.step if ckpt is not None else None, "path": ckpt}
 
         def checkpoint() -> None:
+            if saved["step"] == st.step:  # e.g. a signal right after a periodic checkpoint
+                return
             with st.timer("save"):  # every rank takes part (its RNG state, its shards)
-                save_checkpoint(st, run_dir, keep_last=cfg.train.keep_last,
-                                extra={"time_s": time.perf_counter() - t_start, "initial": initial})
+                saved["path"] = save_checkpoint(st, run_dir, keep_last=cfg.train.keep_last,
+                                                extra={"time_s": time.perf_counter() - t_start, "initial": initial})
+            saved["step"] = st.step
 
-        _loop(st, logger, t_start, checkpoint)
+        if _loop(st, logger, t_start, checkpoint, stop):
+            checkpoint()
+            summary.update(steps=st.step, time_s=time.perf_counter() - t_start, status=INTERRUPTED,
+                           checkpoint=str(saved["path"]))
+            if main:
+                (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            st.dist.barrier()
+            raise RunInterrupted(stop.signum, run_dir, st.step, cfg.train.steps, saved["path"])
         summary.update(final_eval(st, out_dir))
-        logger.log(st.step, {k.replace("shadow/eval/", "eval_shadow/"): v for k, v in summary.items()
+        logger.log(st.step, {k: v for k, v in summary.items()
                              if k in ("eval/accuracy", "eval_hard/accuracy", "shadow/eval/accuracy")})
         with st.timer("save"):
             save_outputs(st, out_dir)
@@ -210,7 +234,8 @@ def train(cfg: Config) -> dict[str, Any]:
         raise
     finally:
         logger.close()
-        if failed and ckpt is None and main and latest_checkpoint(run_dir) is None:
+        # only a folder this start created: an overwritten or restarted one is not ours to delete
+        if failed and start.action == "new" and main and latest_checkpoint(run_dir) is None:
             shutil.rmtree(run_dir, ignore_errors=True)
     summary["steps"] = st.step
     summary["time_s"] = time.perf_counter() - t_start
@@ -222,8 +247,33 @@ def train(cfg: Config) -> dict[str, Any]:
     summary["status"] = _status(st, summary)
     if main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        say(f"run folder: {run_dir} (summary.json, metrics.jsonl, final/"
+            f"{', shadow/' if st.shadow is not None else ''}{', adapter/' if st.lora else ''})")
     st.dist.barrier()
     return summary
+
+
+def _abandoned(cfg: Config, start: Start, stop: StopRequest) -> RunInterrupted:
+    """A second signal left the step half-done: the run resumes from its last complete checkpoint."""
+    signum = stop.signum or signal.SIGINT
+    if not start.prepared:  # stopped during set-up: the folder (maybe an old run) is untouched
+        return RunInterrupted(signum, start.run_dir, 0, cfg.train.steps, None, written=False)
+    ckpts = complete_checkpoints(start.run_dir)
+    ckpt = ckpts[-1] if ckpts else None
+    step = int(ckpt.name.removeprefix(PREFIX)) if ckpt else 0
+    summary = start.run_dir / "summary.json"
+    if int(os.environ.get("RANK", "0")) == 0 and not summary.exists():
+        summary.write_text(json.dumps({"recipe": cfg.recipe, "run": cfg.run.name, "steps": step,
+                                       "status": INTERRUPTED, "checkpoint": str(ckpt) if ckpt else None}, indent=2))
+    return RunInterrupted(signum, start.run_dir, step, cfg.train.steps, ckpt, abandoned=True)
+
+
+def _agree(st: TrainState, *flags: bool) -> list[bool]:
+    """Each flag true on every rank if true on any (all ranks must stop or save at the same step)."""
+    if st.dist.world == 1:
+        return list(flags)
+    summed = st.dist.mean_metrics({str(i): float(f) for i, f in enumerate(flags)})
+    return [summed[str(i)] > 0 for i in range(len(flags))]
 
 
 def _status(st: TrainState, summary: dict[str, Any]) -> str:
@@ -237,13 +287,19 @@ def _status(st: TrainState, summary: dict[str, Any]) -> str:
     return "ok"
 
 
-def _loop(st: TrainState, logger: MetricLogger, t_start: float, checkpoint: Callable[[], None]) -> None:
+def _loop(st: TrainState, logger: MetricLogger, t_start: float, checkpoint: Callable[[], None],
+          stop: StopRequest) -> bool:
+    """The steps; True if a signal stopped them (after a complete step, every rank at the same one)."""
     cfg = st.cfg
     step_fn = STEPS[cfg.recipe]
     columns = [TextColumn(f"[bold]{cfg.recipe}[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[info]}")]
+    last_save = time.perf_counter()
     with progress_display(columns, console, label=cfg.recipe, disable=not (cfg.log.progress and st.dist.main)) as progress:
         bar = progress.add_task("train", total=cfg.train.steps, completed=st.step, info="")
+        stop.on_signal = lambda: progress.update(bar, info="stopping after this step (again: abort now)")
+        if _agree(st, stop.requested)[0]:
+            return True
         for step in range(st.step, cfg.train.steps):
             st.step = step
             t0 = time.perf_counter()
@@ -257,11 +313,18 @@ def _loop(st: TrainState, logger: MetricLogger, t_start: float, checkpoint: Call
             st.step = step + 1
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.steps:
                 logger.log(step + 1, metrics)
-            if cfg.train.save_every and st.step % cfg.train.save_every == 0 and st.step < cfg.train.steps:
+            due = bool(cfg.train.checkpoint_minutes) and time.perf_counter() - last_save > 60 * cfg.train.checkpoint_minutes
+            stopping, due = _agree(st, stop.requested, due)
+            if st.step < cfg.train.steps and (due or (cfg.train.save_every and st.step % cfg.train.save_every == 0)):
                 checkpoint()
+                last_save = time.perf_counter()
             info = " ".join(f"{k.split('/')[-1]}={metrics[k]:.3f}" for k in ("reward", "loss/sft", "eval/accuracy")
                             if k in metrics)
             progress.update(bar, advance=1, info=info)
+            if stopping:
+                return True
             if cfg.train.max_minutes is not None and metrics["time_s"] > 60 * cfg.train.max_minutes:
                 console.print(f"stopping at step {step + 1}: train.max_minutes={cfg.train.max_minutes} reached")
                 break
+    stop.on_signal = None
+    return False

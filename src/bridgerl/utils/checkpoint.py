@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from bridgerl.config import ConfigError
 from bridgerl.utils.seed import rng_state, set_rng_state
 from bridgerl.utils.sharding import load_local_optimizer_state, local_optimizer_state, local_tensor
 
@@ -109,7 +110,7 @@ def load_checkpoint(st: Any, path: Path) -> dict[str, Any]:
     if sharded != st.sharded or (sharded and world != st.dist.world):
         saved = f"sharded over {world} processes" if sharded else "unsharded"
         now = f"sharded over {st.dist.world} processes" if st.sharded else "unsharded"
-        raise ValueError(f"checkpoint {path} was written {saved} but this run is {now}; resume with the "
+        raise ConfigError(f"checkpoint {path} was written {saved} but this run is {now}; resume with the "
                          "same train.sharding and number of processes")
     if sharded:
         shard = torch.load(path / f"shard-{st.dist.rank}.pt", weights_only=False)
@@ -121,7 +122,8 @@ def load_checkpoint(st: Any, path: Path) -> dict[str, Any]:
     params = _weights(st)
     missing = set(params) - set(weights)
     if missing:
-        raise ValueError(f"checkpoint {path} does not match this model (missing {sorted(missing)[:3]}...)")
+        raise ConfigError(f"checkpoint {path} does not match this model (missing {sorted(missing)[:3]}...); resume "
+                          "with the model and recipe it was trained with")
     with torch.no_grad():
         for n, p in params.items():
             local_tensor(p).copy_(weights[n])

@@ -53,3 +53,22 @@ def _plain(value: Any) -> Any:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+# transformers' own per-file bars around loading and saving a model: a few lines of noise per run
+# (bridgerl prints where a run is written). Hub download bars are left alone: a download can be long.
+QUIET_BARS = ("Loading weights", "Writing model shards")
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    if not hasattr(hf_logging, "set_tqdm_hook"):  # older transformers: nothing to hook
+        return
+
+    def hook(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if kwargs.get("desc") in QUIET_BARS:
+            return hf_logging.EmptyTqdm(*args, **kwargs)
+        return factory(*args, **kwargs)
+
+    hf_logging.set_tqdm_hook(hook)
