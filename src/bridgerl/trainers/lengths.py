@@ -50,7 +50,7 @@ class _Counter:
         for flag in (True, False):
             batch = [t for t, s in todo if s is flag]
             if batch:
-                ids = self.tokenizer(batch, add_special_tokens=flag)["input_ids"]
+                ids = self.tokenizer(batch, add_special_tokens=flag, verbose=False)["input_ids"]
                 self.cache.update({(t, flag): len(i) for t, i in zip(batch, ids)})
         return [self.cache[(t, s)] for t, s in zip(texts, special)]
 
