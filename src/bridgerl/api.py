@@ -54,7 +54,7 @@ def make_config(config: Config | Mapping[str, Any] | str | Path | None = None, /
 def train(config: Config | Mapping[str, Any] | str | Path | None = None, /, **overrides: Any) -> TrainResult:
     """Run one recipe (cfg.recipe) end to end, as `bridgerl train`; returns its summary and run folder."""
     cfg = make_config(config, **overrides)
-    from bridgerl.trainers.loop import run_dir_for
+    from bridgerl.utils.rundir import run_dir_for
     from bridgerl.trainers.loop import train as run
 
     summary = run(cfg)
@@ -96,9 +96,10 @@ def evaluate(model: TrainResult | str | Path = "embedded", config: Config | Mapp
 
 
 def compare(config: Mapping[str, Any] | str | Path | None = None, /, *, recipes: list[str] | None = None,
-            seeds: int = 1, steps: int | None = None, minutes: float | None = None, name: str = "default",
+            seeds: int = 5, steps: int | None = None, minutes: float | None = None, name: str = "default",
             jobs: int = 1, reward_noise: float | None = None, lam_sweep: list[float] | None = None,
-            lr_sweep: list[float] | None = None, lr_extend: bool = False, **overrides: Any) -> CompareResult:
+            lr_sweep: list[float] | None = None, lr_extend: bool = False, meta_ablation: bool = False,
+            **overrides: Any) -> CompareResult:
     """Several recipes x seeds on one budget, as `bridgerl compare` (the same keywords as its options).
 
     Each run starts from text (a YAML path and key=value overrides; with jobs > 1 in child processes),
@@ -112,7 +113,7 @@ def compare(config: Mapping[str, Any] | str | Path | None = None, /, *, recipes:
     cfg = load_config(path, args[1:] if path else args)
     ns = argparse.Namespace(recipes=recipes, seeds=seeds, steps=steps, minutes=minutes, name=name, jobs=jobs,
                             reward_noise=reward_noise, lam_sweep=lam_sweep, lr_sweep=lr_sweep, lr_extend=lr_extend,
-                            args=args)
+                            meta_ablation=meta_ablation, args=args)
     code = run_compare(ns)
     compare_dir = (Path(cfg.run.output_dir) / f"compare-{name}").resolve()
     if code != 0:
