@@ -67,7 +67,7 @@ def test_compare_refuses_python_objects_it_cannot_hand_to_a_run():
 
 def test_compare_from_python_returns_results_and_folder(tmp_path):
     result = bridgerl.compare({"run.output_dir": str(tmp_path), "log.progress": False, "log.tensorboard": False},
-                              recipes=["sft"], steps=1, name="py", train={"sft_batch_size": 2},
+                              recipes=["sft"], seeds=1, steps=1, name="py", train={"sft_batch_size": 2},
                               task={"arith": {"n_test": 4, "n_test_hard": 2}}, rollout={"max_new_tokens": 8})
     assert result.compare_dir == (tmp_path / "compare-py").resolve() and (result.compare_dir / "report.md").is_file()
     assert [r["recipe"] for r in result.results["runs"]] == ["sft"]
