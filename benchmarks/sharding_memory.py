@@ -31,7 +31,7 @@ from _report import load_avg, write_report
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = {"replicated": "ddp.yaml", "sharded": "fsdp.yaml"}
 # A short run: enough for every weight to get a gradient and every optimizer state to exist.
-SMALL = ["train.steps=2", "eval.every=0", "rollout.prompts_per_step=4", "rollout.num_generations=2",
+SMALL = ["train.steps=2", "bridge.shadow_rollouts=shared", "eval.every=0", "rollout.prompts_per_step=4", "rollout.num_generations=2",
          "rollout.max_new_tokens=16", "train.sft_batch_size=4", "task.arith.n_test=4", "task.arith.n_test_hard=2",
          "log.progress=false", "log.tensorboard=false", "eval.shadow=false"]
 

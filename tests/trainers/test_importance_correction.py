@@ -98,8 +98,8 @@ def test_switching_the_correction_off_gives_the_plain_loss(tokenizer):
 
 def test_dropped_groups_keep_their_sampler_rows_aligned(tokenizer):
     st, _ = _state(tokenizer, "loss.preset=dapo")  # DAPO drops groups whose rewards are all equal
-    st.task.rewards["2+2"] = {c: 0.0 for c in st.task.rewards["2+2"]}  # the second group: all wrong
-    full = st.engine.generate(["Q:1+2=\nA:", "Q:2+2=\nA:"], SamplingParams(max_new_tokens=8, n=3))
+    st.task.rewards["12+30+4"] = {c: 0.0 for c in st.task.rewards["12+30+4"]}  # the second group: all wrong
+    full = st.engine.generate(["Q:1+2=\nA:", "Q:12+30+4=\nA:"], SamplingParams(max_new_tokens=8, n=3))
     m: dict[str, float] = {}
     rb = rl_batch(st, m)
     assert m["frac_rows_dropped"] == pytest.approx(0.5) and len(rb.batch) == 3

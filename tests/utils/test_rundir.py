@@ -48,7 +48,7 @@ def test_resume_allows_changes_that_do_not_change_training(tmp_path):
 def test_training_changes_name_every_key_that_changes_training():
     saved = to_dict(load_config())
     changed = load_config(None, ["optim.lr=0.5", "rollout.num_generations=4", "run.seed=3", "log.progress=false"])
-    assert training_changes(saved, changed) == ["optim.lr: 0.003 -> 0.5", "rollout.num_generations: 8 -> 4",
+    assert training_changes(saved, changed) == ["optim.lr: 0.001 -> 0.5", "rollout.num_generations: 8 -> 4",
                                                 "run.seed: 0 -> 3"]
 
 
