@@ -51,6 +51,7 @@ class FixedEngine:
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
+        self.model = None  # the module it would sample from: swapped for the shadow's when sharded (phases.policy)
 
     def sync(self, model) -> None:
         pass

@@ -157,10 +157,6 @@ def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engin
     wants_shadow = cfg.recipe == "bridge" and cfg.bridge.meta
     views: dict[str, nn.Module] = {}
     sharded = wants_fsdp(cfg.train.sharding, dist.world)
-    if sharded and wants_shadow and cfg.bridge.shadow_rollouts == "own" and cfg.loss.kl_coef > 0:
-        # crashed in the 2-process test (tests/trainers/test_distributed.py); refused until fixed
-        raise ConfigError("bridge.shadow_rollouts=own with loss.kl_coef > 0 is not supported with FSDP sharding yet; "
-                          "use bridge.shadow_rollouts=shared there (or train.sharding=none)")
     if sharded:
         shadow, ref, views = _shard(cfg, model, lora, wants_shadow)
         theta, lora = split_params(model)  # sharding replaced the parameter objects
