@@ -60,7 +60,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn)
 from rich.text import Text
 
-from bridgerl.config import RECIPES, Config, ConfigError, load_config, split_config_args, to_dict
+from bridgerl.config import RECIPES, Config, ConfigError, load_config, split_config_args
 from bridgerl.report.jobs import Children, last_line, thread_env
 from bridgerl.report.claims import META_OFF, Evidence, add_intervals, claims, render_claims
 from bridgerl.report.plots import Run, group_runs, load_run, order_key, plot_runs
@@ -68,7 +68,7 @@ from bridgerl.report.lr_sweep import lr_extensions, lr_of, val_accuracy
 from bridgerl.report.summary import EPS, lr_selection, render_report, summarize
 from bridgerl.tasks import build_task
 from bridgerl.tasks.base import VAL
-from bridgerl.utils.rundir import finished
+from bridgerl.utils.rundir import config_changes, finished
 
 console = Console(stderr=True)
 
@@ -182,22 +182,13 @@ def cold_start_switch(sft_run_dir: Path) -> int:
     return max(1, sum(1 for r in rows[1:] if r["step"] > 0 and r["time_s"] <= (t0 + t1) / 2))
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def config_mismatch(stored: dict[str, Any], planned: Config) -> list[str]:
     """Keys (present in both) where a finished run's config.yaml differs from the planned one.
     A run of zero steps (base) trains nothing, so its optimizer settings cannot differ in effect."""
-    a, b = _flat(stored), _flat(to_dict(planned))
     ignored = ("log.", "run.overwrite", "resume") + (("optim.", "baseline.") if planned.train.steps == 0 else ())
     if planned.recipe != "bridge":  # only bridge has an adapter, a shadow and a lam
         ignored += ("bridge.", "lora.", "optim.lora_lr", "optim.shadow_lr")
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys())
-            if a[k] != b[k] and not k.startswith(ignored)]
+    return config_changes(stored, planned, ignored)
 
 
 # -- per-run memory -----------------------------------------------------------------------------

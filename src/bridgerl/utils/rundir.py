@@ -50,14 +50,20 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def config_changes(saved: dict[str, Any], cfg: Config, ignore: tuple[str, ...]) -> list[str]:
+    """'key: old -> new' for every key (present in both) that differs, except the ignored ones: a key
+    named in `ignore`, or under a prefix of it that ends with '.'."""
+    a, b = _flat(saved), _flat(to_dict(cfg))
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys()) if a[k] != b[k] and not _among(k, ignore)]
+
+
 def training_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
     """'key: old -> new' for every key (present in both) that differs and changes training."""
-    a, b = _flat(saved), _flat(to_dict(cfg))
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys()) if a[k] != b[k] and not _neutral(k)]
+    return config_changes(saved, cfg, NEUTRAL_KEYS)
 
 
-def _neutral(key: str) -> bool:
-    return any(key == n or (n.endswith(".") and key.startswith(n)) for n in NEUTRAL_KEYS)
+def _among(key: str, names: tuple[str, ...]) -> bool:
+    return any(key == n or (n.endswith(".") and key.startswith(n)) for n in names)
 
 
 @dataclass
