@@ -72,9 +72,10 @@ def format_question(operands: Sequence[int], ops: Sequence[str]) -> str:
     return "".join(parts)
 
 
-def format_fact(a: int, op: str, b: int) -> str:
-    """One step / bare fact, "a+b=c": the single textual form shared by pretraining and chains."""
-    return f"{a}{op}{b}={apply_op(a, op, b)}"
+def format_fact(a: int, op: str, b: int, result: int | None = None) -> str:
+    """One step / bare fact, "a+b=c": the single textual form shared by pretraining and chains.
+    result: what the step writes after "=" (default the true value; a slipped teacher trace's own)."""
+    return f"{a}{op}{b}={apply_op(a, op, b) if result is None else result}"
 
 
 def format_answer(value: int) -> str:
@@ -90,7 +91,7 @@ def format_chain(operands: Sequence[int], ops: Sequence[str], slip: tuple[int, i
     steps, value = [], operands[0]
     for k, (op, b) in enumerate(zip(ops, operands[1:], strict=True)):
         result = apply_op(value, op, b) + (slip[1] if slip is not None and slip[0] == k else 0)
-        steps.append(f"{value}{op}{b}={result}")
+        steps.append(format_fact(value, op, b, result))
         value = result
     return ";".join(steps + [format_answer(value)])
 
@@ -154,15 +155,16 @@ class ArithTask(Task):
         self.config = config = config if config is not None else ArithConfig()
         check_config(config)
         self._rng = random.Random(config.seed)
-        if config.v1_draws:
-            self._draw_v1(config)
-            return
-        # Evaluation splits first, from the main RNG: no training knob changes them.
+        # The test splits come first from the main RNG in both draw orders.
         self.splits[TEST] = self._unique(TEST, config.n_test, config.train_operands, exclude=set())
         self.splits[TEST_HARD] = self._unique(
             TEST_HARD, config.n_test_hard, config.hard_operands, exclude={e.question for e in self.splits[TEST]}
         )
         held_out = {e.question for e in self.splits[TEST]} | {e.question for e in self.splits[TEST_HARD]}
+        if config.v1_draws:
+            self._draw_v1(config, held_out)
+            return
+        # val next, so no training knob changes an evaluation problem.
         # At most n_val: small problem spaces (few operands) may have fewer unused problems left.
         n_val = max(0, min(config.n_val, self._space(config.train_operands) - len(held_out)))
         self.splits[VAL] = self._unique(VAL, n_val, config.train_operands, exclude=held_out)
@@ -176,15 +178,10 @@ class ArithTask(Task):
         self.splits[SFT_TRAIN] = self._draw(SFT_TRAIN, config.n_sft_train, sft_operands, held_out,
                                             random.Random(config.seed * 1000 + 2))
 
-    def _draw_v1(self, config: ArithConfig) -> None:
-        """The first testbed's draws (the `testbed-v1` preset): every split from the main RNG in the
-        order test, test_hard, rl_train, sft_train, val, so its problems are exactly the ones its base
-        model (assets/tiny-arith-v1) held out, and val depends on the training sizes."""
-        self.splits[TEST] = self._unique(TEST, config.n_test, config.train_operands, exclude=set())
-        self.splits[TEST_HARD] = self._unique(
-            TEST_HARD, config.n_test_hard, config.hard_operands, exclude={e.question for e in self.splits[TEST]}
-        )
-        held_out = {e.question for e in self.splits[TEST]} | {e.question for e in self.splits[TEST_HARD]}
+    def _draw_v1(self, config: ArithConfig, held_out: set[str]) -> None:
+        """The first testbed's draws after the test splits (the `testbed-v1` preset): rl_train, sft_train,
+        then val, all from the main RNG, so its problems are exactly the ones its base model
+        (assets/tiny-arith-v1) held out, and val depends on the training sizes."""
         self.splits[RL_TRAIN] = self._draw(RL_TRAIN, config.n_rl_train, config.train_operands, held_out, self._rng)
         self.splits[SFT_TRAIN] = self._draw(SFT_TRAIN, config.n_sft_train, config.sft_operands or config.train_operands,
                                             held_out, self._rng)
@@ -199,13 +196,13 @@ class ArithTask(Task):
         ops = [rng.choice(self.config.ops) for _ in range(n_operands - 1)]
         return operands, ops
 
-    def make_example(self, split: str, i: int, operands: list[int], ops: list[str], with_solution: bool = True,
+    def make_example(self, split: str, i: int, operands: list[int], ops: list[str],
                      slip: tuple[int, int] | None = None) -> Example:
         return Example(
             id=f"{split}-{i}",
             question=format_question(operands, ops),
             answer=str(evaluate(operands, ops)),
-            solution=format_chain(operands, ops, slip) if with_solution else None,
+            solution=format_chain(operands, ops, slip),
             meta={"operands": len(operands), **({"trace_slip": list(slip)} if slip else {})},
         )
 
@@ -241,7 +238,7 @@ class ArithTask(Task):
             slip = None
             if self.config.trace_error_rate and slips.random() < self.config.trace_error_rate:
                 slip = (slips.randrange(len(ops)), slips.choice((-2, -1, 1, 2)))
-            out.append(self.make_example(split, len(out), operands, ops, True, slip))
+            out.append(self.make_example(split, len(out), operands, ops, slip))
         return out
 
     @staticmethod
