@@ -124,3 +124,9 @@ def test_a_reward_that_raises_on_model_output_mid_run_leaves_no_run_folder(proje
     proc = subprocess.run([sys.executable, "-m", "bridgerl", *_argv(settings)], capture_output=True, text=True)
     assert proc.returncode == 2 and "AssertionError: not an expert solution" in proc.stderr.strip().splitlines()[-1]
     assert not (project / "runs" / "default").exists()
+    # run.overwrite=true replaced an old run by a new folder first: that half-written folder goes too
+    (project / "runs" / "default").mkdir(parents=True)
+    (project / "runs" / "default" / "old.txt").write_text("an earlier run")
+    with pytest.raises(bridgerl.RewardError):
+        bridgerl.train(settings, run={"overwrite": True})
+    assert not (project / "runs" / "default").exists()

@@ -234,8 +234,9 @@ def _train(st: TrainState, start: Start, stop: StopRequest, t_start: float) -> d
         raise
     finally:
         logger.close()
-        # only a folder this start created: an overwritten or restarted one is not ours to delete
-        if failed and start.action == "new" and main and latest_checkpoint(run_dir) is None:
+        # every start but a resume wrote this folder from scratch (plan_start / prepare_run_dir): without a
+        # checkpoint it holds nothing to keep
+        if failed and main and latest_checkpoint(run_dir) is None:
             shutil.rmtree(run_dir, ignore_errors=True)
     summary["steps"] = st.step
     summary["time_s"] = time.perf_counter() - t_start
