@@ -99,7 +99,7 @@ from typing import Any
 import torch
 from _report import load_avg, write_report  # benchmarks/_report.py (the script's folder is on sys.path)
 
-from bridgerl.config import load_config
+from bridgerl.config_load import load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

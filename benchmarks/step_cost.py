@@ -133,7 +133,7 @@ def prepare_torch(args: argparse.Namespace):
 
 
 def build(recipe: str, args: argparse.Namespace):
-    from bridgerl.config import load_config
+    from bridgerl.config_load import load_config
     from bridgerl.trainers.loop import setup
 
     overrides = [f"recipe={recipe}", f"run.seed={args.seed}", f"model.dtype={args.dtype}", *args.override]

@@ -11,7 +11,7 @@ from rich.progress import Progress, TextColumn
 
 import bridgerl
 from bridgerl import Config, make_config
-from bridgerl.config import dump_yaml
+from bridgerl.config_load import dump_yaml
 from bridgerl.utils.progress import LineProgress, progress_display
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridgerl.config import Config, ConfigError, dump_yaml, load_config
+from bridgerl.config import Config, ConfigError
+from bridgerl.config_load import dump_yaml, load_config
 
 
 def test_defaults_are_the_embedded_bridge_run():

@@ -7,7 +7,8 @@ are `UserError`s (ConfigError, TaskError, RewardError, ModelLoadError), never sy
 __version__ = "0.1.0"
 
 from bridgerl.api import CompareResult, TrainResult, compare, evaluate, make_config, train
-from bridgerl.config import Config, ConfigError, UserError, load_config
+from bridgerl.config import Config, ConfigError, UserError
+from bridgerl.config_load import load_config
 from bridgerl.tasks.base import TaskError
 from bridgerl.tasks.rewards import RewardError
 

@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from bridgerl.config import Config, ConfigError, load_config
+from bridgerl.config import Config, ConfigError
+from bridgerl.config_load import load_config
 
 
 class TrainResult(NamedTuple):

@@ -22,7 +22,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from bridgerl.config import ConfigError, load_config, split_config_args
+from bridgerl.config import ConfigError
+from bridgerl.config_load import load_config, split_config_args
 
 _split_config_args = split_config_args  # its old home; it lives with the config (report/compare.py needs it too)
 

@@ -113,7 +113,7 @@ def test_config_file_that_is_not_a_mapping(capsys, tmp_path):
 
 def _fake_run(tmp_path, name, *overrides, status=None):
     """A run folder as train() leaves it: its config.yaml (and summary.json once it ended)."""
-    from bridgerl.config import dump_yaml, load_config
+    from bridgerl.config_load import dump_yaml, load_config
 
     run = tmp_path / "runs" / name
     run.mkdir(parents=True)

@@ -177,7 +177,7 @@ def test_meta_ablation_plans_bridge_without_the_meta_objective() -> None:
     import argparse
 
     from bridgerl.cli import build_parser
-    from bridgerl.config import load_config
+    from bridgerl.config_load import load_config
 
     ns = build_parser().parse_args(["compare", "--recipes", "bridge", "--meta-ablation", "--steps", "3"])
     assert ns.seeds == 5  # compare's default: the CIs resample seeds

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from bridgerl.config import ConfigError, load_config
+from bridgerl.config import ConfigError
+from bridgerl.config_load import load_config
 from bridgerl.report.compare import PlannedRun, child_argv, config_mismatch, plan_runs, run_config, write_outputs
 from bridgerl.report.lr_sweep import LR_EXTEND_MAX, lr_extensions, lr_step
 from bridgerl.report.plots import load_run

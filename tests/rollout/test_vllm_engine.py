@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bridgerl.config import Config, ConfigError, load_config
+from bridgerl.config import Config, ConfigError
+from bridgerl.config_load import load_config
 from bridgerl.models.loading import load, resolve
 from bridgerl.models.lora import attach_lora, lora_modules, merged_state_dict, split_params, swapped
 from bridgerl.rollout.base import SamplingParams

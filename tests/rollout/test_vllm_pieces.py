@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bridgerl.config import Config, ConfigError, load_config
+from bridgerl.config import ConfigError
+from bridgerl.config_load import load_config
 from bridgerl.models.lora import attach_lora, lora_modules, merged_state_dict, split_params
 from bridgerl.models.tiny import build_tokenizer
 from bridgerl.rollout.base import SamplingParams

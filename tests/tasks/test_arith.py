@@ -121,7 +121,7 @@ def test_v1_draws_reproduce_the_first_testbed_problems():
 def test_v1_preset_file_reproduces_the_first_testbed():
     from pathlib import Path
 
-    from bridgerl.config import load_config
+    from bridgerl.config_load import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "testbed-v1.yaml")
     v1 = ArithTask(cfg.task.arith)

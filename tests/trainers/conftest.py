@@ -11,7 +11,8 @@ import torch
 from torch.func import functional_call
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bridgerl.config import Config, load_config
+from bridgerl.config import Config
+from bridgerl.config_load import load_config
 from bridgerl.models.tiny import build_tokenizer
 from bridgerl.rollout.base import Rollout, SamplingParams
 from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, Example, Task

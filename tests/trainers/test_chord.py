@@ -8,7 +8,8 @@ import copy
 import pytest
 import torch
 
-from bridgerl.config import ConfigError, load_config
+from bridgerl.config import ConfigError
+from bridgerl.config_load import load_config
 from bridgerl.tasks.base import SFT_TRAIN, Example
 from bridgerl.trainers.recipes import chord_mu, chord_step
 from bridgerl.trainers.state import build_state

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import torch
 
-from bridgerl.config import RECIPE_LR, load_config
+from bridgerl.config import RECIPE_LR
+from bridgerl.config_load import load_config
 from bridgerl.trainers.phases import start_stage
 
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bridgerl.config import load_config
+from bridgerl.config_load import load_config
 from bridgerl.models.tiny import build_tokenizer
 from bridgerl.tasks import build_task
 from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, TEST, TEST_HARD, TaskError

@@ -144,7 +144,7 @@ def test_signal_checkpoints_the_last_step_and_the_printed_command_resumes_it_exa
 
 
 def test_long_runs_checkpoint_by_wall_clock(tmp_path, model_dir):
-    from bridgerl.config import load_config
+    from bridgerl.config_load import load_config
     from bridgerl.trainers.loop import train
 
     assert load_config().train.checkpoint_minutes > 0  # on by default

@@ -8,7 +8,8 @@ import signal
 
 import pytest
 
-from bridgerl.config import ConfigError, dump_yaml, load_config, to_dict
+from bridgerl.config import ConfigError
+from bridgerl.config_load import dump_yaml, load_config, to_dict
 from bridgerl.utils.interrupt import StopRequest
 from bridgerl.utils.rundir import finished, plan_start, training_changes
 

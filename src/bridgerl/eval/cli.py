@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from bridgerl.config import ConfigError, ModelConfig, load_config
+from bridgerl.config import ConfigError, ModelConfig
+from bridgerl.config_load import load_config
 from bridgerl.utils.logging import quiet_transformers
 
 

@@ -60,7 +60,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn)
 from rich.text import Text
 
-from bridgerl.config import RECIPES, Config, ConfigError, load_config, split_config_args
+from bridgerl.config import RECIPES, Config, ConfigError
+from bridgerl.config_load import load_config, split_config_args
 from bridgerl.report.jobs import Children, last_line, thread_env
 from bridgerl.report.claims import META_OFF, Evidence, add_intervals, claims, render_claims
 from bridgerl.report.plots import Run, group_runs, load_run, order_key, plot_runs

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bridgerl.config import load_config
+from bridgerl.config_load import load_config
 from bridgerl.report.summary import lr_selection
 from bridgerl.tasks import build_task
 from bridgerl.tasks.base import VAL

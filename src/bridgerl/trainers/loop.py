@@ -19,7 +19,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from bridgerl.config import Config, UserError, dump_yaml
+from bridgerl.config import Config, UserError
+from bridgerl.config_load import dump_yaml
 from bridgerl.eval.evaluate import evaluate, write_records
 from bridgerl.models.loading import load
 from bridgerl.models.lora import save_adapter, save_merged

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from bridgerl.config import Config, ConfigError, to_dict
+from bridgerl.config import Config, ConfigError
+from bridgerl.config_load import to_dict
 
 INTERRUPTED = "interrupted"  # summary.json status of a run stopped by SIGINT / SIGTERM (resumable)
 
