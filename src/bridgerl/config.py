@@ -103,7 +103,10 @@ class MathTaskConfig:
     hard_path: str | None = None  # harder test file (or hub id)
     val_path: str | None = None  # validation file (or hub id), for choosing hyperparameters
     hub_split: str = "train"  # hub split of train_path (test/hard: "test"); any id may end in @split
-    question_field: str | None = None  # None = auto-detect (problem, question, ...)
+    question_field: str | None = None  # None = auto-detect (problem, question, ..., any case)
+    # the question built from several columns (str.format names), e.g. "{Body} {Question}" for SVAMP /
+    # ASDiv, whose facts and question sit in separate columns; None = the one question column
+    question_template: str | None = None
     answer_field: str | None = None  # None = auto-detect (answer, final_answer, #### line, boxed)
     solution_field: str | None = None  # None = auto-detect (solution, answer with steps)
     limit: int | None = None  # keep the first N rows of each file

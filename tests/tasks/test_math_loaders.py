@@ -224,3 +224,70 @@ def test_task_registry_is_a_plain_dict() -> None:
     assert set(TASKS) == {"arith", "math", "gsm8k", "gym", "user"}
     with pytest.raises(TaskError, match="unknown task"):
         build_task(TaskConfig(name="nope"))
+
+
+def test_a_gold_no_answer_can_match_is_refused_with_file_line_and_column(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "g.jsonl", [{"problem": "p", "answer": "\\frac{1}{2}"}, {"problem": "q", "answer": "\\frac{"}])
+    with pytest.raises(TaskError) as info:
+        MathTask(MathTaskConfig(train_path=str(path)))
+    assert str(info.value) == (f"{path} line 2: gold answer '\\\\frac{{' (column 'answer') can never be graded right: "
+                               "its braces do not balance; fix or drop the row")
+    path = _write_jsonl(tmp_path / "m.jsonl", [{"problem": "p", "solution": "so \\boxed{\\text{ }}"}])
+    with pytest.raises(TaskError, match=r"m\.jsonl line 1: gold answer .*\(column 'solution'\).*nothing is left"):
+        MathTask(MathTaskConfig(test_path=str(path)))
+    pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"problem": ["p", "q"], "answer": ["2", "}{"]}), tmp_path / "g.parquet")
+    with pytest.raises(TaskError, match=r"g\.parquet row index 1: gold answer '\}\{'"):
+        MathTask(MathTaskConfig(test_path=str(tmp_path / "g.parquet")))
+
+
+def test_an_empty_file_is_refused_naming_the_file_and_the_setting(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(TaskError) as info:
+        MathTask(MathTaskConfig(train_path=str(empty)))
+    assert str(info.value) == (f"{empty}: no problems to read (it has no rows); "
+                               "point task.math.train_path at a file with one problem per row")
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(TaskError, match=r"empty\.json: no problems .*task\.math\.val_path"):
+        MathTask(MathTaskConfig(test_path=str(tmp_path / "empty.json"), val_path=str(tmp_path / "empty.json")))
+    rows = _write_jsonl(tmp_path / "rows.jsonl", [{"problem": "p", "answer": "1"}])
+    with pytest.raises(TaskError, match=r"rows\.jsonl: no problems to read \(task\.math\.limit=0 keeps none"):
+        MathTask(MathTaskConfig(test_path=str(rows), limit=0))
+
+
+def test_a_named_column_missing_from_the_file_names_the_file_the_column_and_the_columns_present(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "cols.jsonl", [{"text": "1+1?", "label": "2", "steps": "1+1=2"}])
+    for key, column in (("question_field", "txt"), ("answer_field", "lbl")):
+        with pytest.raises(TaskError) as info:
+            MathTask(MathTaskConfig(test_path=str(path), question_field="text", **{key: column}))
+        assert str(info.value) == f"{path}: no column {column!r} (task.math.{key}); columns: label, steps, text"
+    cfg = dict(question_field="text", answer_field="label", solution_field="stps")
+    with pytest.raises(TaskError, match=r"cols\.jsonl: no column 'stps' \(task\.math\.solution_field\); columns: label"):
+        MathTask(MathTaskConfig(train_path=str(path), **cfg))
+    # test files need no solutions: the same setting is no error there
+    assert MathTask(MathTaskConfig(test_path=str(path), **cfg)).split(TEST)[0].solution is None
+
+
+def test_data_hint_names_the_train_file_and_its_solution_column(tmp_path: Path) -> None:
+    from bridgerl.tasks.base import Task
+
+    assert Task().data_hint(SFT_TRAIN) == ""
+    bare = _write_jsonl(tmp_path / "bare.jsonl", [{"question": "1+1?", "answer": "2"}])
+    task = MathTask(MathTaskConfig(train_path=str(bare)))
+    assert task.split(SFT_TRAIN) == []
+    assert task.data_hint(SFT_TRAIN) == (f"{bare} has no solution column (looked for solution, solutions, reasoning, "
+                                         "rationale, cot; columns: answer, question); set task.math.solution_field")
+    some = _write_jsonl(tmp_path / "some.jsonl", [{"question": "1+1?", "answer": "2", "solution": "1+1=2"},
+                                                 {"question": "2+2?", "answer": "4", "solution": ""}])
+    hint = MathTask(MathTaskConfig(train_path=str(some))).data_hint(RL_TRAIN)
+    assert hint.startswith(f"{some}: 1 of 2 rows have no solution in column 'solution' (first: line 2)")
+    assert MathTask(MathTaskConfig(test_path=str(some))).data_hint(RL_TRAIN) == "no task.math.train_path is set"
+
+
+@needs_data
+def test_data_hint_of_gsm8k_names_the_answer_column_its_solutions_come_from() -> None:
+    task = MathTask(MathTaskConfig(train_path=str(DATA / "gsm8k/train.jsonl"), limit=3))
+    assert task.data_hint(SFT_TRAIN).endswith("(question column 'question', answer column 'answer', solution column 'answer')")

@@ -70,6 +70,11 @@ class Task:
         """1.0 if the completion's final answer is correct, else 0.0. Deterministic, never raises."""
         raise NotImplementedError
 
+    def data_hint(self, split: str) -> str:
+        """One clause saying where `split` comes from (file, columns, rows lacking a solution), for the
+        message that refuses an empty or incomplete split; "" when the task has nothing to add."""
+        return ""
+
     def grade_batch(self, examples: list[Example], completions: list[str]) -> list[float]:
         """The evaluation grades, 1.0 or 0.0 (with reward functions: weighted reward >= the threshold)."""
         if self.reward_set is not None:

@@ -18,6 +18,17 @@ A little normalisation happens before math-verify (gold and boxed answers): `\\!
 `10,\\!080`) are removed, and plain scientific notation (`4.5e33`, Minerva) becomes
 `4.5\\times 10^{33}` (math-verify reads `e` as Euler's number).
 
+Units on a number (`strip_units`, gold and boxed answer alike). Word-problem sets annotate numeric
+golds with units: ASDiv writes `9 (apples)`, others `12 dollars`; math-verify would read those
+letters as symbols (9*a*p*p*l*e*s) and grade a right `\\boxed{9}` wrong. As the common harnesses
+do (lm-eval's ASDiv target keeps what precedes ` (`; Qwen2.5-Math's parser drops parenthesised
+notes and trailing unit words), a number followed by a parenthesised note of words, or by one to
+five unit words (`dollars`, `km/h`, `square feet`, `cm^2`), keeps only the number. The unit stays
+where it is part of the math: a word of the value (`2 pi`, `1 million`, `3 dozen`, `50 percent`),
+a single trailing letter (`3 i`, `2 x`: a variable, left to math-verify, which drops its own list of
+one-letter units), or anything but a lone number before it (`x + 1 apples` is left alone).
+Numbers written as floats (`145.0`) need nothing: math-verify compares values.
+
 Timeouts. `timeout_s` bounds the whole grading of one answer (parsing gold and answer plus the
 comparison); a timeout grades False. math-verify's own timeouts use `signal.alarm`, which only
 works in the main thread, so its timeouts are always disabled and this module times out itself:
@@ -47,6 +58,23 @@ from typing import Any
 _BOX_RE = re.compile(r"\\(?:boxed|fbox|framebox)(?![A-Za-z])")
 _THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _SCI_RE = re.compile(r"^(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)$")
+# A number as word problems write it (9, -3, 12.50, .5, 1,000, 3/4, 2:1, \frac{1}{2}), and unit words after it.
+_NUM = r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+|\\[dt]?frac\{\d+\}\{\d+\})(?:\s*[/:]\s*\d+(?:\.\d+)?)?"
+_WORD = r"[A-Za-z]+(?:[-'/.][A-Za-z]+)*\.?(?:\^\{?[23]\}?)?"
+_WORDS = rf"{_WORD}(?:\s+{_WORD}){{0,4}}"
+# "9 (apples)", also inside a list: "2 (pounds); 3 (ounces)"
+_PAREN_UNIT_RE = re.compile(rf"(^|[;,]\s*)({_NUM})\s*\(\s*({_WORDS})\s*\)(?=\s*(?:[;,]|$))")
+_TRAILING_UNIT_RE = re.compile(rf"^({_NUM})\s+({_WORDS})$")  # "12 dollars", "60 km/h"
+# Words that are part of a value, never a unit: constants, scale words, percent (math-verify reads it).
+_VALUE_WORDS = frozenset({
+    "pi", "e", "i", "inf", "infty", "infinity", "and", "or", "mod", "choose",
+    "hundred", "hundreds", "thousand", "thousands", "million", "millions", "billion", "billions",
+    "trillion", "trillions", "dozen", "dozens", "half", "halves", "third", "thirds", "quarter", "quarters",
+    "percent", "percentage", "pct",
+})
+_PLAIN_NUMBER_RE = re.compile(r"^-?\d+(?:\.\d+)?$")
+# Markup that holds no value: empty text boxes and spacing commands.
+_EMPTY_LATEX_RE = re.compile(r"\\(?:text|mbox|mathrm|textbf|mathbf)\s*\{\s*\}|\\[,;: !]|\\q?quad\b|~")
 # Longer answers are not plausible final answers and can make sympy crawl.
 MAX_ANSWER_CHARS = 1000
 # An answer holding a number with more digits than this (9^{9^{9}}, (10^8)!) grades False without
@@ -123,11 +151,28 @@ def extract_answer(completion: str) -> str | None:
     return None
 
 
+def _is_unit(words: str) -> bool:
+    return not any(w.lower().rstrip(".") in _VALUE_WORDS for w in words.split())
+
+
+def strip_units(text: str) -> str:
+    """A number's unit note or trailing unit words removed: "9 (apples)" -> "9", "12 dollars" -> "12".
+
+    Only a lone number (or a list of them) loses its unit; see the module docstring for what is kept.
+    """
+    s = _PAREN_UNIT_RE.sub(lambda m: m.group(0) if not _is_unit(m.group(3)) else m.group(1) + m.group(2), text)
+    m = _TRAILING_UNIT_RE.match(s.strip())
+    if m and _is_unit(m.group(2)) and not all(len(w) == 1 for w in m.group(2).split()):  # "3 i" is math
+        return m.group(1)
+    return s
+
+
 def normalize_answer(text: str) -> str:
-    """Cosmetic clean-up before math-verify: delimiters, currency, thin spaces, separators, 1e5."""
+    """Clean-up before math-verify: delimiters, currency, thin spaces, units, separators, 1e5."""
     s = text.strip()
     s = s.replace("\\$", "").replace("$", "")
     s = re.sub(r"(?<=\d)(?:,\\!|\{,\})\s*(?=\d)", "", s).replace("\\!", "").strip()
+    s = strip_units(s).strip()
     if _THOUSANDS_RE.match(s):  # only a lone number: "(1,500)" stays a tuple
         s = s.replace(",", "")
     sci = _SCI_RE.match(s)
@@ -199,6 +244,20 @@ def _safe_equal(gold: str, completion: str) -> bool:
         return False
 
 
+@functools.cache
+def _warm() -> bool:
+    """Import math-verify and build its LaTeX parser once, outside any timeout: a cold start takes
+    seconds (18 s measured on a loaded 2-core machine), which would otherwise time out the first
+    grade of a process. False when math-verify is not installed."""
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        return False
+    one = parse("\\boxed{1}", parsing_timeout=None)
+    verify(one, one, timeout_seconds=None)
+    return True
+
+
 def _equal_with_alarm(gold: str, completion: str, timeout_s: float) -> bool:
     def on_alarm(signum: int, frame: Any) -> None:
         raise _GradeTimeout
@@ -241,11 +300,49 @@ def math_equal(gold: str, answer_text: str, timeout_s: float = 5.0) -> bool:
         return False
     if not answer_text.strip():
         return False
+    _warm()
     if timeout_s is None or timeout_s <= 0:
         return _safe_equal(gold, answer_text)
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
         return _equal_with_alarm(gold, answer_text, float(timeout_s))
     return _equal_in_helper_thread(gold, answer_text, float(timeout_s))
+
+
+def _braces_balance(text: str) -> bool:
+    depth = 0
+    for j, ch in enumerate(text):
+        if ch in "{}" and j > 0 and text[j - 1] == "\\":
+            continue  # \{ and \} are set braces
+        depth += 1 if ch == "{" else -1 if ch == "}" else 0
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def gold_problem(gold: str) -> str | None:
+    """Why no completion can ever be graded right against `gold` (None when one can).
+
+    Two cases, both cheap to see (no math-verify call, so loading a file costs nothing):
+    - its braces do not balance (`\\frac{`): the gold cannot be boxed for parsing, and no
+      boxed answer can hold it;
+    - nothing is left of it once box, `$`, units, empty `\\text{}` and spacing are removed.
+    Everything else can be matched: math-verify reads malformed LaTeX it cannot turn into math
+    (`\\frac{1}`, `np.arcsin(10/13)`) as text, and text equal to the gold grades right. The
+    shipped Minerva and OlympiadBench files hold seven golds read only as text, all graded right
+    against themselves; refusing text-only golds would refuse them too.
+    """
+    text = gold.strip() if isinstance(gold, str) else ""
+    if _PLAIN_NUMBER_RE.match(text):
+        return None
+    if not _braces_balance(text):
+        return "its braces do not balance"
+    inner = extract_boxed(text) if _BOX_RE.search(text) else text
+    if inner is None:
+        return "its \\boxed{} never closes"
+    content = _EMPTY_LATEX_RE.sub("", normalize_answer(inner))
+    if not content.strip():
+        return "nothing is left of it once its LaTeX markup is read"
+    return None
 
 
 def grade_math(gold: str, completion: str, timeout_s: float = 5.0) -> float:
