@@ -251,9 +251,9 @@ def test_an_empty_file_is_refused_naming_the_file_and_the_setting(tmp_path: Path
     assert str(info.value) == (f"{empty}: no problems to read (it has no rows); "
                                "point task.math.train_path at a file with one problem per row")
     (tmp_path / "empty.json").write_text("[]")
-    with pytest.raises(TaskError, match=r"empty\.json: no problems .*task\.math\.val_path"):
-        MathTask(MathTaskConfig(test_path=str(tmp_path / "empty.json"), val_path=str(tmp_path / "empty.json")))
     rows = _write_jsonl(tmp_path / "rows.jsonl", [{"problem": "p", "answer": "1"}])
+    with pytest.raises(TaskError, match=r"empty\.json: no problems .*task\.math\.val_path"):
+        MathTask(MathTaskConfig(test_path=str(rows), val_path=str(tmp_path / "empty.json")))
     with pytest.raises(TaskError, match=r"rows\.jsonl: no problems to read \(task\.math\.limit=0 keeps none"):
         MathTask(MathTaskConfig(test_path=str(rows), limit=0))
 
@@ -262,7 +262,7 @@ def test_a_named_column_missing_from_the_file_names_the_file_the_column_and_the_
     path = _write_jsonl(tmp_path / "cols.jsonl", [{"text": "1+1?", "label": "2", "steps": "1+1=2"}])
     for key, column in (("question_field", "txt"), ("answer_field", "lbl")):
         with pytest.raises(TaskError) as info:
-            MathTask(MathTaskConfig(test_path=str(path), question_field="text", **{key: column}))
+            MathTask(MathTaskConfig(test_path=str(path), **{"question_field": "text", key: column}))
         assert str(info.value) == f"{path}: no column {column!r} (task.math.{key}); columns: label, steps, text"
     cfg = dict(question_field="text", answer_field="label", solution_field="stps")
     with pytest.raises(TaskError, match=r"cols\.jsonl: no column 'stps' \(task\.math\.solution_field\); columns: label"):
