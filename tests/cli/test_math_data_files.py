@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -65,8 +64,6 @@ def test_eval_refuses_a_problem_split_over_columns_and_suggests_the_template(tmp
     _one_line_exit_2(proc, tmp_path, f"{data}: no column 'Qestion'", "columns: Answer, Body, Question")
 
 
-@pytest.mark.xfail(strict=True, reason="trainers/state.py's check_data must append task.data_hint(split) "
-                                       "(owned by another branch; remove this mark once it does)")
 def test_train_names_the_file_and_column_when_a_recipe_needs_solutions_it_lacks(tmp_path: Path) -> None:
     # This check runs after the model is loaded, so transformers' "Loading weights" bars may precede
     # the error line until they are silenced (issue 14, item 5): the error is the last line.

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bridgerl.config import MathTaskConfig, load_config
+from bridgerl.config import MathTaskConfig
+from bridgerl.config_load import load_config
 from bridgerl.tasks import build_task
 from bridgerl.tasks.base import TEST, TaskError
 from bridgerl.tasks.math import MathTask, template_fields

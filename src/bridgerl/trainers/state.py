@@ -131,14 +131,22 @@ def _optimizer(params: list[nn.Parameter], lr: float, cfg: Config) -> torch.opti
 
 
 def check_data(cfg: Config, task: Task) -> None:
-    """Fail before any output is written when the task lacks what the recipe needs."""
+    """Fail before any output is written when the task lacks what the recipe needs, naming where the
+    split comes from (the task's data_hint: file, column, first row lacking a solution)."""
+    def hint(split: str) -> str:
+        where = task.data_hint(split)
+        return f" ({where})" if where else ""
+
     if cfg.recipe in USES_RL and not task.split(RL_TRAIN):
-        raise TaskError(f"recipe={cfg.recipe} needs RL prompts but task {task.name!r} has an empty rl_train split")
+        raise TaskError(f"recipe={cfg.recipe} needs RL prompts but task {task.name!r} has an empty rl_train "
+                        f"split{hint(RL_TRAIN)}")
     if cfg.recipe in USES_SFT and not task.split(SFT_TRAIN):
-        raise TaskError(f"recipe={cfg.recipe} needs expert solutions but task {task.name!r} has an empty sft_train split")
+        raise TaskError(f"recipe={cfg.recipe} needs expert solutions but task {task.name!r} has an empty "
+                        f"sft_train split{hint(SFT_TRAIN)}")
     if cfg.recipe in NEEDS_RL_SOLUTIONS and any(e.solution is None for e in task.split(RL_TRAIN)):
         raise TaskError(f"recipe={cfg.recipe} injects an expert solution per RL prompt, but some rl_train "
-                        f"examples of task {task.name!r} have none; use a task whose RL problems carry solutions")
+                        f"examples of task {task.name!r} have none{hint(RL_TRAIN)}; use a task whose RL "
+                        f"problems carry solutions")
 
 
 def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engine: Any,
