@@ -346,11 +346,14 @@ def test_compare_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_lr_sweep_end_to_end_scores_each_final_model_on_val(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bridgerl.cli import main
 
-    argv = ["compare", "--recipes", "base", "grpo", "--lr-sweep", "1e-3", "1e-4", "--lr-extend", "--steps", "1", "--name", "lr",
-            *TINY, "task.arith.n_val=16", f"model.name_or_path={_model(tmp_path)}", f"run.output_dir={tmp_path}"]
+    argv = ["compare", "--recipes", "base", "grpo", "--lr-sweep", "1e-3", "1e-4", "--lr-extend", "--steps", "1",
+            "--name", "lr", "--jobs", "2", *TINY, "task.arith.n_val=16", f"model.name_or_path={_model(tmp_path)}", f"run.output_dir={tmp_path}"]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0
+    # the runs are child processes (--jobs 2); val scoring loads each final model here, without
+    # transformers' own bars
+    assert "Loading weights" not in capsys.readouterr().err
     out = tmp_path / "compare-lr"
     results = json.loads((out / "results.json").read_text())
     runs = {r["run_dir"]: r for r in results["runs"]}

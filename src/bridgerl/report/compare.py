@@ -69,6 +69,7 @@ from bridgerl.report.lr_sweep import lr_extensions, lr_of, val_accuracy
 from bridgerl.report.summary import EPS, lr_selection, render_report, summarize
 from bridgerl.tasks import build_task
 from bridgerl.tasks.base import VAL
+from bridgerl.utils.logging import quiet_transformers
 from bridgerl.utils.rundir import config_changes, finished
 
 console = Console(stderr=True)
@@ -239,6 +240,7 @@ def _estimate(pr: PlannedRun, durations: dict[str, list[float]], minutes: float 
 
 
 def run_compare(ns: argparse.Namespace) -> int:
+    quiet_transformers()  # this process loads models too (the base run, val scoring): no third-party bars
     path, user = split_config_args(ns.args or [])
     base_cfg = load_config(path, user)
     plan = plan_runs(ns, base_cfg)
