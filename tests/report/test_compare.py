@@ -347,7 +347,8 @@ def test_lr_sweep_end_to_end_scores_each_final_model_on_val(tmp_path: Path, caps
     from bridgerl.cli import main
 
     argv = ["compare", "--recipes", "base", "grpo", "--lr-sweep", "1e-3", "1e-4", "--lr-extend", "--steps", "1",
-            "--name", "lr", "--jobs", "2", *TINY, "task.arith.n_val=16", f"model.name_or_path={_model(tmp_path)}", f"run.output_dir={tmp_path}"]
+            "--name", "lr", "--jobs", "2", *TINY, "task.arith.n_val=16", f"model.name_or_path={_model(tmp_path)}",
+            f"run.output_dir={tmp_path}"]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0
