@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridgerl.config import Config, ConfigError
+from bridgerl.config import PRETRAINED_LR, RECIPE_LR, RECIPES, Config, ConfigError
 from bridgerl.config_load import dump_yaml, load_config
 
 
@@ -15,9 +15,24 @@ def test_defaults_are_the_embedded_bridge_run():
 
 def test_overrides_are_typed_and_nested():
     cfg = load_config(None, ["train.steps=7", "optim.lr=3e-4", "bridge.lam=0.7", "task.arith.train_operands=[3,4]",
-                             "optim.shadow_lr=null", "log.progress=false"])
+                             "optim.shadow_lr=2e-4", "log.progress=false"])
     assert cfg.train.steps == 7 and cfg.optim.lr == 3e-4 and cfg.bridge.lam == 0.7
-    assert cfg.task.arith.train_operands == [3, 4] and cfg.optim.shadow_lr is None and cfg.log.progress is False
+    assert cfg.task.arith.train_operands == [3, 4] and cfg.optim.shadow_lr == 2e-4 and cfg.log.progress is False
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_testbeds_rates_never_reach_another_model(recipe):
+    toy = load_config(None, [f"recipe={recipe}"])
+    assert (toy.optim.lr, toy.optim.lora_lr, toy.optim.shadow_lr) == (RECIPE_LR[recipe], 3e-4, 1e-4)
+    real = load_config(None, [f"recipe={recipe}", "model.name_or_path=smollm2"])
+    assert real.optim.lr == PRETRAINED_LR[recipe] <= 2e-5
+    assert real.optim.lora_lr == pytest.approx(10 * real.optim.lr) and real.optim.shadow_lr is None  # None = lr
+    if recipe == "cold-start":
+        assert (toy.baseline.cold_start_rl_lr, real.baseline.cold_start_rl_lr) == (RECIPE_LR["grpo"], 1e-6)
+    # a rate given explicitly is kept, on any model
+    mine = load_config(None, [f"recipe={recipe}", "model.name_or_path=smollm2", "optim.lr=3e-6", "optim.lora_lr=1e-5",
+                              "optim.shadow_lr=2e-6"])
+    assert (mine.optim.lr, mine.optim.lora_lr, mine.optim.shadow_lr) == (3e-6, 1e-5, 2e-6)
 
 
 def test_yaml_then_overrides_take_precedence(tmp_path):

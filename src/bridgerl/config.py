@@ -23,6 +23,9 @@ class ConfigError(UserError):
 
 RECIPES = ("sft", "grpo", "cold-start", "bridge", "alternate", "mix", "luffy", "chord")
 
+# The testbed's base models (models/loading.py), whose rates below were chosen on its val split.
+TESTBED_MODELS = ("embedded", "embedded-v1")
+
 # theta's learning rate per recipe on the embedded testbed, where optim.lr is not set (as TRL's
 # SFTConfig and GRPOConfig have their own defaults). Each is the rate with the best final greedy
 # accuracy on the val split (never test), chosen by `bridgerl compare --lr-sweep ... --lr-extend`
@@ -30,10 +33,17 @@ RECIPES = ("sft", "grpo", "cold-start", "bridge", "alternate", "mix", "luffy", "
 # 3e-4, SFT at 1e-2). sft, grpo and bridge were re-chosen on the current testbed (sft 1e-3 over
 # 3e-4, 3e-3, 1e-2; grpo 1e-4 over 3e-5, 3e-4; bridge 1e-3 over 3e-3); the others are still the first
 # testbed's choices.
-# cold-start is two stages: sft's rate, then grpo's (baseline.cold_start_rl_lr). Real models set
-# optim.lr themselves (configs/paper/: the paper's 5e-7 for every method).
+# cold-start is two stages: sft's rate, then grpo's (baseline.cold_start_rl_lr).
 RECIPE_LR = {"sft": 1e-3, "grpo": 1e-4, "cold-start": 1e-3, "bridge": 1e-3, "alternate": 1e-3, "mix": 1e-3,
              "luffy": 1e-4, "chord": 1e-4}
+# ... and on any other model, a pretrained LM, where the toy's rates would wreck it (3e-3 took
+# SmolLM2-135M's SFT loss from 2.35 to 6.11 in two steps): TRL's defaults, SFTConfig's 2e-5 for SFT
+# alone (and cold-start's SFT stage), GRPOConfig's 1e-6 for every recipe with an RL term (LUFFY's and
+# CHORD's released configs also train at 1e-6; the paper: 5e-7 for every method on 3B-8B models).
+PRETRAINED_LR = {"sft": 2e-5, "grpo": 1e-6, "cold-start": 2e-5, "bridge": 1e-6, "alternate": 1e-6, "mix": 1e-6,
+                 "luffy": 1e-6, "chord": 1e-6}
+# w's and thetahat's rates where unset: the testbed's (below), else 10x alpha and alpha
+TESTBED_LORA_LR, TESTBED_SHADOW_LR = 3e-4, 1e-4
 
 
 @dataclass
@@ -216,17 +226,17 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    # Defaults are the embedded testbed's (0.5M parameters); configs/paper/ holds the paper's.
-    # alpha: theta (full base weights); None = the recipe's testbed rate, RECIPE_LR (the paper: 5e-7
-    # for every method on 3B-8B models)
+    # Unset rates (None) depend on the model: the embedded testbed's were chosen on its val split; any
+    # other model gets rates for pretrained LMs (PRETRAINED_LR, above). configs/paper/ holds the paper's.
+    # alpha: theta (full base weights); None = RECIPE_LR[recipe] on the testbed, else PRETRAINED_LR
     lr: float | None = None
-    # beta: the LoRA w. Paper silent; 10x alpha on real models. 3e-4 on the testbed: the largest rate at
-    # which thetahat + w did not collapse on val (at 1e-3 w, which descends J_RL(thetahat, w), outran
-    # the shadow in every seed; docs/decisions.md)
-    lora_lr: float = 3e-4
-    # thetahat's rate; None = lr (the paper's single alpha). 1e-4 on the testbed: at 1e-3 pure RL on
-    # theta's rollouts collapsed the shadow to 0% within 40 steps (docs/decisions.md)
-    shadow_lr: float | None = 1e-4
+    # beta: the LoRA w. Paper silent. None = 3e-4 on the testbed: the largest rate at which thetahat + w
+    # did not collapse on val (at 1e-3 w, which descends J_RL(thetahat, w), outran the shadow in every
+    # seed; docs/decisions.md); else 10x alpha (a LoRA at alpha barely moves; method.md decision 6)
+    lora_lr: float | None = None
+    # thetahat's rate. None = 1e-4 on the testbed (at 1e-3 pure RL on theta's rollouts collapsed the
+    # shadow to 0% within 40 steps; docs/decisions.md); else alpha, the paper's single rate
+    shadow_lr: float | None = None
     optimizer: str = "adamw"  # adamw | sgd (sgd: plain steps, for exact checks and ablations)
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from bridgerl.config import CHOICES, RECIPE_LR, Config, ConfigError
+from bridgerl.config import (CHOICES, PRETRAINED_LR, RECIPE_LR, TESTBED_LORA_LR, TESTBED_MODELS, TESTBED_SHADOW_LR,
+                             Config, ConfigError)
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -221,11 +222,19 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
 
 
 def finish(cfg: Config) -> Config:
-    """Fill the recipe-dependent defaults (optim.lr) and validate; returns cfg."""
-    if cfg.optim.lr is None and cfg.recipe in RECIPE_LR:
-        cfg.optim.lr = RECIPE_LR[cfg.recipe]
+    """Fill the defaults that depend on the recipe and the model (the rates left unset) and validate;
+    returns cfg. A rate given explicitly is never changed."""
+    testbed = cfg.model.name_or_path in TESTBED_MODELS
+    rates = RECIPE_LR if testbed else PRETRAINED_LR
+    opt = cfg.optim
+    if opt.lr is None and cfg.recipe in rates:
+        opt.lr = rates[cfg.recipe]
         if cfg.recipe == "cold-start" and cfg.baseline.cold_start_rl_lr is None:
-            cfg.baseline.cold_start_rl_lr = RECIPE_LR["grpo"]  # its two stages: sft's rate, then grpo's
+            cfg.baseline.cold_start_rl_lr = rates["grpo"]  # its two stages: sft's rate, then grpo's
+    if opt.lora_lr is None and opt.lr is not None:
+        opt.lora_lr = TESTBED_LORA_LR if testbed else float(f"{10 * opt.lr:.6g}")
+    if opt.shadow_lr is None and testbed:
+        opt.shadow_lr = TESTBED_SHADOW_LR
     validate(cfg)
     return cfg
 

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from bridgerl.config import Config, UserError
+from bridgerl.config import PRETRAINED_LR, TESTBED_MODELS, Config, UserError
 from bridgerl.config_load import dump_yaml
 from bridgerl.eval.evaluate import evaluate, write_records
 from bridgerl.models.loading import load
@@ -41,6 +41,23 @@ from bridgerl.utils.seed import seed_everything
 from bridgerl.utils.sharding import full_tensors
 
 console = Console(stderr=True)
+
+
+def rates_line(cfg: Config) -> str:
+    """The rates this run trains at, and where a default came from (the toy's never reach a real model)."""
+    o = cfg.optim
+    line = f"rates: theta {o.lr:g}"
+    if cfg.recipe == "cold-start" and cfg.baseline.cold_start_rl_lr is not None:
+        line += f" (SFT stage), then {cfg.baseline.cold_start_rl_lr:g} (RL stage)"
+    if cfg.recipe in USES_LORA:
+        line += f", w {o.lora_lr:g}"
+        if cfg.bridge.meta:
+            line += f", thetahat {o.shadow_lr if o.shadow_lr is not None else o.lr:g}"
+    if cfg.model.name_or_path in TESTBED_MODELS:
+        return line + " (unset rates: the testbed's, chosen on its val split)"
+    if o.lr == PRETRAINED_LR.get(cfg.recipe):
+        return line + " (the default for a pretrained model, TRL's; set optim.lr to choose)"
+    return line
 
 
 def say(message: str) -> None:
@@ -196,6 +213,7 @@ def _train(st: TrainState, start: Start, stop: StopRequest, t_start: float) -> d
         how = {"resume": f"resumed from {ckpt}", "restart": "restarted: no checkpoint to resume from yet",
                "overwrite": "replaced: run.overwrite=true"}.get(start.action, "new")
         say(f"run folder: {run_dir} ({how})")
+        say(rates_line(cfg))
     st.dist.barrier()
     # Only rank 0 writes files; the other ranks compute their shares and log nothing.
     logger = MetricLogger(run_dir, tensorboard=cfg.log.tensorboard, append=ckpt is not None) if main else NullLogger()
