@@ -23,6 +23,22 @@ class ConfigError(UserError):
 
 RECIPES = ("sft", "grpo", "cold-start", "bridge", "alternate", "mix", "luffy", "chord")
 
+# Config keys (or prefixes, ending in '.') that only some recipes read: a difference there does not
+# change a run of any other recipe (compare reuses such a finished run).
+RECIPE_ONLY_KEYS = {
+    "bridge.": ("bridge",), "lora.": ("bridge",), "optim.lora_lr": ("bridge",), "optim.shadow_lr": ("bridge",),
+    "baseline.sft_steps": ("cold-start",), "baseline.cold_start_rl_lr": ("cold-start",),
+    "baseline.alternate_interval": ("alternate",), "baseline.mix_mu": ("mix",), "baseline.luffy_gamma": ("luffy",),
+    **{f"baseline.chord_{k}": ("chord",) for k in ("variant", "phi_mu", "mu_peak", "mu_valley", "warmup_steps",
+                                                    "decay_steps")},
+}
+
+
+def keys_unread_by(recipe: str) -> tuple[str, ...]:
+    """The recipe-only keys (RECIPE_ONLY_KEYS) that `recipe` never reads."""
+    return tuple(k for k, recipes in RECIPE_ONLY_KEYS.items() if recipe not in recipes)
+
+
 # The testbed's base models (models/loading.py), whose rates below were chosen on its val split.
 TESTBED_MODELS = ("embedded", "embedded-v1")
 

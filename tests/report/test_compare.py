@@ -248,16 +248,24 @@ def test_a_finished_run_with_other_settings_is_detected() -> None:
     base = load_config(None, ["recipe=sft", "train.steps=0"])
     rates = {"train": {"steps": 0}, "optim": {"lr": 5e-2}, "baseline": {"cold_start_rl_lr": 1.0}}
     assert base.optim.lr != 5e-2 and config_mismatch(rates, base) == []
-    trained = load_config(None, ["recipe=sft", "train.steps=5"])
+    trained = load_config(None, ["recipe=cold-start", "train.steps=5"])
     assert config_mismatch({**rates, "train": {"steps": 5}}, trained)[0].startswith("baseline.cold_start_rl_lr")
 
 
-def test_bridge_only_settings_do_not_make_other_recipes_runs_stale() -> None:
-    """A finished sft run stays valid when only bridge's adapter, shadow or lam settings change."""
+def test_settings_only_other_recipes_read_do_not_make_a_run_stale() -> None:
+    """A finished sft run stays valid when only bridge's adapter, shadow or lam settings, or another
+    baseline's own knobs (CHORD's schedule, LUFFY's gamma), change; the recipe that reads them is stale."""
     bridge_only = {"optim": {"lora_lr": 1e-3, "shadow_lr": 1e-4}, "bridge": {"shadow_rollouts": "shared", "lam": 0.3}}
     changed = ["optim.lora_lr=3e-4", "optim.shadow_lr=3e-4", "bridge.shadow_rollouts=own", "bridge.lam=0.5"]
     assert config_mismatch(bridge_only, load_config(None, ["recipe=sft", *changed])) == []
     assert len(config_mismatch(bridge_only, load_config(None, ["recipe=bridge", *changed]))) == 4
+    baselines = {"baseline": {"chord_mu_peak": 0.5, "chord_warmup_steps": 25, "luffy_gamma": 0.2, "mix_mu": 0.5}}
+    assert config_mismatch(baselines, load_config(None, ["recipe=sft"])) == []
+    assert config_mismatch(baselines, load_config(None, ["recipe=grpo"])) == []
+    assert len(config_mismatch(baselines, load_config(None, ["recipe=chord"]))) == 2
+    assert [c.split(":")[0] for c in config_mismatch(baselines, load_config(None, ["recipe=luffy"]))] == [
+        "baseline.luffy_gamma"]
+    assert [c.split(":")[0] for c in config_mismatch(baselines, load_config(None, ["recipe=mix"]))] == ["baseline.mix_mu"]
 
 
 # -- the written report -----------------------------------------------------------------------------

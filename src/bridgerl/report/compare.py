@@ -60,7 +60,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn)
 from rich.text import Text
 
-from bridgerl.config import RECIPES, Config, ConfigError
+from bridgerl.config import RECIPES, Config, ConfigError, keys_unread_by
 from bridgerl.config_load import load_config, split_config_args
 from bridgerl.report.jobs import Children, last_line, thread_env
 from bridgerl.report.claims import META_OFF, Evidence, add_intervals, claims, render_claims
@@ -188,9 +188,7 @@ def config_mismatch(stored: dict[str, Any], planned: Config) -> list[str]:
     """Keys (present in both) where a finished run's config.yaml differs from the planned one.
     A run of zero steps (base) trains nothing, so its optimizer settings cannot differ in effect."""
     ignored = ("log.", "run.overwrite", "resume") + (("optim.", "baseline.") if planned.train.steps == 0 else ())
-    if planned.recipe != "bridge":  # only bridge has an adapter, a shadow and a lam
-        ignored += ("bridge.", "lora.", "optim.lora_lr", "optim.shadow_lr")
-    return config_changes(stored, planned, ignored)
+    return config_changes(stored, planned, ignored + keys_unread_by(planned.recipe))
 
 
 # -- per-run memory -----------------------------------------------------------------------------
