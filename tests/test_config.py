@@ -21,12 +21,13 @@ def test_overrides_are_typed_and_nested():
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_the_testbeds_rates_never_reach_another_model(recipe):
+def test_the_testbeds_rates_and_whole_batch_passes_never_reach_another_model(recipe):
     toy = load_config(None, [f"recipe={recipe}"])
     assert (toy.optim.lr, toy.optim.lora_lr, toy.optim.shadow_lr) == (RECIPE_LR[recipe], 3e-4, 1e-4)
     real = load_config(None, [f"recipe={recipe}", "model.name_or_path=smollm2"])
     assert real.optim.lr == PRETRAINED_LR[recipe] <= 2e-5
     assert real.optim.lora_lr == pytest.approx(10 * real.optim.lr) and real.optim.shadow_lr is None  # None = lr
+    assert toy.train.micro_batch_size is None and real.train.micro_batch_size == 8  # None = the whole batch
     if recipe == "cold-start":
         assert (toy.baseline.cold_start_rl_lr, real.baseline.cold_start_rl_lr) == (RECIPE_LR["grpo"], 1e-6)
     # a rate given explicitly is kept, on any model

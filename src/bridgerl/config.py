@@ -58,6 +58,8 @@ RECIPE_LR = {"sft": 1e-3, "grpo": 1e-4, "cold-start": 1e-3, "bridge": 1e-3, "alt
 # CHORD's released configs also train at 1e-6; the paper: 5e-7 for every method on 3B-8B models).
 PRETRAINED_LR = {"sft": 2e-5, "grpo": 1e-6, "cold-start": 2e-5, "bridge": 1e-6, "alternate": 1e-6, "mix": 1e-6,
                  "luffy": 1e-6, "chord": 1e-6}
+# rows per forward/backward on a model other than the testbed's (TRL's per_device_train_batch_size)
+PRETRAINED_MICRO_BATCH = 8
 # w's and thetahat's rates where unset: the testbed's (below), else 10x alpha and alpha
 TESTBED_LORA_LR, TESTBED_SHADOW_LR = 3e-4, 1e-4
 
@@ -314,7 +316,10 @@ class BaselineConfig:
 class TrainConfig:
     steps: int = 250
     sft_batch_size: int = 32
-    micro_batch_size: int | None = None  # rows per forward/backward chunk (None = whole batch); exact
+    # rows per forward/backward chunk; exact (losses use whole-batch normalisers). None = the whole batch
+    # on the testbed; PRETRAINED_MICRO_BATCH rows on any other model, whose [rows x tokens x vocab]
+    # logits would otherwise dominate memory (SmolLM2's 49k vocabulary: > 19 GB at 128 rollouts)
+    micro_batch_size: int | None = None
     max_minutes: float | None = None  # stop after this wall time (equal-wall-clock comparisons)
     log_every: int = 1
     save_every: int = 0  # checkpoint every N steps (0 = off; see checkpoint_minutes)

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from bridgerl.config import (CHOICES, PRETRAINED_LR, RECIPE_LR, TESTBED_LORA_LR, TESTBED_MODELS, TESTBED_SHADOW_LR,
-                             Config, ConfigError)
+from bridgerl.config import (CHOICES, PRETRAINED_LR, PRETRAINED_MICRO_BATCH, RECIPE_LR, TESTBED_LORA_LR,
+                             TESTBED_MODELS, TESTBED_SHADOW_LR, Config, ConfigError)
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -235,6 +235,8 @@ def finish(cfg: Config) -> Config:
         opt.lora_lr = TESTBED_LORA_LR if testbed else float(f"{10 * opt.lr:.6g}")
     if opt.shadow_lr is None and testbed:
         opt.shadow_lr = TESTBED_SHADOW_LR
+    if cfg.train.micro_batch_size is None and not testbed:
+        cfg.train.micro_batch_size = PRETRAINED_MICRO_BATCH
     validate(cfg)
     return cfg
 

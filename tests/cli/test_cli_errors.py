@@ -48,6 +48,12 @@ def test_dataset_file_with_a_broken_row(tmp_path):
     _assert_clean_failure(proc, tmp_path, "line 2")
 
 
+def test_the_vllm_engine_without_vllm_installed(tmp_path):
+    if __import__("importlib").util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    _assert_clean_failure(_run(tmp_path, "recipe=grpo", "rollout.engine=vllm"), tmp_path, "pip install bridgerl[vllm]")
+
+
 def test_deepspeed_launch_is_refused_not_silently_replicated(tmp_path):
     # Under `accelerate launch` with a DeepSpeed config, accelerate sets ACCELERATE_USE_DEEPSPEED.
     cmd = [sys.executable, "-m", "bridgerl", "train", f"run.output_dir={tmp_path / 'runs'}", "train.steps=1"]

@@ -341,5 +341,5 @@ def test_the_in_process_model_is_found_through_either_worker_layout():
 
 def test_missing_vllm_gives_a_one_line_install_hint(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "vllm", None)  # import vllm -> ImportError
-    with pytest.raises(ImportError, match=r"pip install bridgerl\[vllm\]"):
+    with pytest.raises(ConfigError, match=r"pip install bridgerl\[vllm\]"):
         import_vllm()

@@ -129,7 +129,7 @@ def plan_runs(ns: argparse.Namespace, base_cfg: Config) -> list[PlannedRun]:
         raise ConfigError("--lr-sweep values must be > 0 (e.g. --lr-sweep 1e-3 3e-4 1e-4)")
     if lrs and not build_task(base_cfg.task).split(VAL):
         raise ConfigError(f"--lr-sweep chooses on the val split, and task {base_cfg.task.name!r} has none "
-                          "(task.math.val_path sets one for math tasks)")
+                          "(set one with task.arith.n_val, task.math.val_path or task.user.val)")
 
     labels: list[tuple[str, str, list[str]]] = []
     for r in recipes:

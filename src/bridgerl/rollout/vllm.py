@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bridgerl.config import ConfigError
 from bridgerl.rollout.base import Rollout, SamplingParams
 from bridgerl.rollout.hf import encode_left_padded, stop_token_ids
 from bridgerl.rollout.vllm_io import (check_tied_lora, rollout_from_outputs, to_vllm_sampling_kwargs, token_logprob,
@@ -62,8 +63,8 @@ BATCHED_TOKENS = 4096  # TRL's max_num_batched_tokens: vLLM's larger default mis
 def import_vllm() -> Any:
     try:
         import vllm
-    except ImportError:
-        raise ImportError(INSTALL_HINT) from None
+    except ImportError:  # a choice this machine cannot run: one line, exit 2 (not a traceback)
+        raise ConfigError(INSTALL_HINT) from None
     return vllm
 
 

@@ -94,7 +94,7 @@ def _message(split: str, e: Example, prompt: int, solution: int | None, new_toke
     else:
         knob = "rollout.max_new_tokens" if split == RL_TRAIN or not cfg.eval.max_new_tokens else "eval.max_new_tokens"
         what = f"its prompt ({prompt} tokens) + {knob} ({new_tokens})"
-        if n_over == n:  # the generation budget, not the data, is what does not fit
+        if n_over == n and ctx > longest_prompt:  # the generation budget, not the data, is what does not fit
             return (f"{where}{what} exceeds the context of {cfg.model.name_or_path!r} ({ctx} tokens), as do all "
                     f"{n} in {split}; lower {knob} to at most {ctx - longest_prompt}")
         fix = f"shorten it or lower {knob}"
