@@ -120,7 +120,7 @@ def test_a_reward_that_raises_on_model_output_mid_run_leaves_no_run_folder(proje
     settings = _settings(project, "raises_on_model_output", recipe="grpo")  # passes the dry run on the solutions
     with pytest.raises(bridgerl.RewardError, match="raises_on_model_output raised on example .*AssertionError: not an"):
         bridgerl.train(settings)
-    assert not (project / "runs" / "default").exists()
+    assert not (project / "runs").exists()  # nor the output folder the run created for itself
     proc = subprocess.run([sys.executable, "-m", "bridgerl", *_argv(settings)], capture_output=True, text=True)
     assert proc.returncode == 2 and "AssertionError: not an expert solution" in proc.stderr.strip().splitlines()[-1]
     assert not (project / "runs" / "default").exists()

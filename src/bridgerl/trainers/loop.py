@@ -81,6 +81,7 @@ def prepare_run_dir(start: Start, cfg: Config) -> None:
     """Create the run folder (rank 0), deleting an old one only where plan_start allowed it."""
     if start.action in ("overwrite", "restart") and start.run_dir.exists():
         shutil.rmtree(start.run_dir)
+    start.made_output_dir = not start.run_dir.parent.exists()
     start.run_dir.mkdir(parents=True, exist_ok=True)
     (start.run_dir / "config.yaml").write_text(dump_yaml(cfg))
 
@@ -257,6 +258,8 @@ def _train(st: TrainState, start: Start, stop: StopRequest, t_start: float) -> d
         # checkpoint it holds nothing to keep
         if failed and main and latest_checkpoint(run_dir) is None:
             shutil.rmtree(run_dir, ignore_errors=True)
+            if start.made_output_dir and not any(run_dir.parent.iterdir()):
+                run_dir.parent.rmdir()
     summary["steps"] = st.step
     summary["time_s"] = time.perf_counter() - t_start
     summary["peak_rss_mb"] = peak_rss_mb()

@@ -74,6 +74,7 @@ class Start:
     action: str
     run_dir: Path
     checkpoint: Path | None = None
+    made_output_dir: bool = False  # prepare_run_dir created run.output_dir itself (removed again on a failed start)
     prepared: bool = False  # set by train() once the folder is created or loaded (an old run is never touched before)
 
 
