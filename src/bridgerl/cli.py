@@ -189,9 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def overrides_first(argv: list[str]) -> list[str]:
+    """`key=value` words moved ahead of the options (after the command and any leading config file),
+    so that an option taking a list (`compare --recipes a b`, `--lr-sweep 1e-3 1e-4`) does not
+    swallow the overrides that follow it. A key=value word is never a recipe name, rate or lam."""
+    if not argv or argv[0].startswith("-"):
+        return argv
+    rest = argv[1:]
+    lead = 0
+    while lead < len(rest) and not rest[lead].startswith("-"):
+        lead += 1
+    kv = [a for a in rest[lead:] if "=" in a and not a.startswith("-")]
+    after = [a for a in rest[lead:] if not ("=" in a and not a.startswith("-"))]
+    return [argv[0], *rest[:lead], *kv, *after]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    ns, extra = parser.parse_known_args(argv)
+    ns, extra = parser.parse_known_args(overrides_first(list(sys.argv[1:] if argv is None else argv)))
     # key=value overrides after an option (`eval MODEL --split val task.x=1`) are overrides too;
     # argparse stops collecting positionals at the first option, so they come back as extras
     if extra and hasattr(ns, "args") and all("=" in a and not a.startswith("-") for a in extra):

@@ -199,8 +199,19 @@ def test_usage_errors_are_one_line_naming_help(capsys, tmp_path, argv, needle):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--recipes", "ppo"], "unknown recipe(s) ppo"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--recipes", "ppo"], "unknown recipe(s) ppo; choose from"),  # the override after it is not a recipe
+    (["--lr-sweep", "1e-3", "--seeds", "0"], "--seeds must be >= 1"),  # ... nor a rate
 ], ids=["unknown-recipe", "no-seeds"])
 def test_compare_plans_that_cannot_work(capsys, tmp_path, args, needle):
     _refused(capsys, tmp_path, ["compare", *args, f"run.output_dir={tmp_path / 'runs'}"], needle)
+
+
+def test_overrides_after_list_options_stay_overrides():
+    from bridgerl.cli import overrides_first
+
+    argv = ["compare", "my.yaml", "--recipes", "sft", "grpo", "train.steps=5", "--lr-sweep", "1e-3", "optim.lr=1"]
+    assert overrides_first(argv) == ["compare", "my.yaml", "train.steps=5", "optim.lr=1", "--recipes", "sft", "grpo",
+                                     "--lr-sweep", "1e-3"]
+    assert overrides_first(["eval", "embedded", "--k", "2", "--out", "c.jsonl"]) == [
+        "eval", "embedded", "--k", "2", "--out", "c.jsonl"]
+    assert overrides_first(["--help"]) == ["--help"]
