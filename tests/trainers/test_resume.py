@@ -132,7 +132,8 @@ def test_signal_checkpoints_the_last_step_and_the_printed_command_resumes_it_exa
     # no periodic checkpoints: whatever resumes was written because of the signal
     returncode, lines = _signal_mid_run(_cmd(tmp_path, model_dir, "cut", "train.save_every=0"), run, env, sig)
     assert returncode == code and not any("Traceback" in line for line in lines), lines
-    assert lines[:-1] == [f"run folder: {run} (new)"]  # after the signal: one line
+    # the start's two lines (folder, rates), then after the signal: one line
+    assert lines[0] == f"run folder: {run} (new)" and lines[1].startswith("rates: ") and len(lines) == 3, lines
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted" and 2 <= summary["steps"] < 12
     assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step-{summary['steps']}"]
