@@ -206,13 +206,9 @@ def overrides_first(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    ns, extra = parser.parse_known_args(overrides_first(list(sys.argv[1:] if argv is None else argv)))
-    # key=value overrides after an option (`eval MODEL --split val task.x=1`) are overrides too;
-    # argparse stops collecting positionals at the first option, so they come back as extras
-    if extra and hasattr(ns, "args") and all("=" in a and not a.startswith("-") for a in extra):
-        ns.args = [*ns.args, *extra]
-    elif extra:
-        parser.parse_args(argv)  # exits with argparse's own "unrecognized arguments" line
+    # key=value words after an option (`eval MODEL --split val task.x=1`) are overrides too: moved
+    # ahead of the options, where argparse collects positionals; anything else unknown is refused
+    ns = parser.parse_args(overrides_first(list(sys.argv[1:] if argv is None else argv)))
     from bridgerl.utils.interrupt import RunInterrupted
 
     try:
