@@ -341,8 +341,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every: int = 25  # periodic evaluation (0 = only at the start and end)
-    # the split of the periodic evaluation: test, or val when choosing a testbed or a hyperparameter
-    # (then logged as eval_val/accuracy, and val is also scored at the start and the end)
+    # the split evaluated: test (and the hard split), or val alone when choosing a testbed or a
+    # hyperparameter (logged as eval_val/accuracy; no test number is computed, so none can sway the choice)
     split: str = "test"
     max_examples: int | None = None  # cap the periodic evaluation (None = the whole split)
     max_new_tokens: int | None = None  # None = rollout.max_new_tokens

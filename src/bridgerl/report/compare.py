@@ -32,8 +32,10 @@ Choices, stated once:
   process's peak is its own ru_maxrss, from os.wait4 (RUSAGE_CHILDREN would merge all children).
 - --lr-sweep X Y ... runs every recipe at each optim.lr (groups `<recipe>-lr<X>`) and chooses each
   recipe's rate by the mean over seeds of its final model's greedy accuracy on the task's `val`
-  split (evaluated here, once per run, cached in the run's compare.json; ties go to the rate named
-  first). Test accuracy is reported beside it but never used to choose. With --lr-extend, a recipe
+  split (ties go to the rate named first). Sweep runs use eval.split=val: they score val alone, at
+  the start and the end, and compute no test number, so none is seen while choosing (a sweep run
+  made before that rule is scored on val here, cached in its compare.json, and still shows its test
+  accuracy, which was never used to choose). With --lr-extend, a recipe
   whose best val rate is the highest or lowest it has tried also runs the next rate past it on the
   1-3-10 series (1e-3 -> 3e-3, 1e-4 -> 3e-5), until its best is inside the rates tried (at most
   `lr_sweep.LR_EXTEND_MAX` more per recipe). The chosen rates are in results.json ("lr_selection") and the
@@ -131,13 +133,14 @@ def plan_runs(ns: argparse.Namespace, base_cfg: Config) -> list[PlannedRun]:
         raise ConfigError(f"--lr-sweep chooses on the val split, and task {base_cfg.task.name!r} has none "
                           "(set one with task.arith.n_val, task.math.val_path or task.user.val)")
 
+    blind = ["eval.split=val"] if lrs else []  # sweep runs score val only: no test number is seen while choosing
     labels: list[tuple[str, str, list[str]]] = []
     for r in recipes:
         if r == "base":
-            labels.append(("base", "sft", ["train.steps=0"]))
+            labels.append(("base", "sft", ["train.steps=0", *blind]))
         elif lrs:
             extra = budget + ([] if r in NO_REWARD else noise)
-            labels += [(f"{r}-lr{lr:g}", r, [*extra, f"optim.lr={lr}"]) for lr in lrs]
+            labels += [(f"{r}-lr{lr:g}", r, [*extra, *blind, f"optim.lr={lr}"]) for lr in lrs]
         else:
             labels.append((r, r, budget + ([] if r in NO_REWARD else noise)))
     for lam in ns.lam_sweep or []:

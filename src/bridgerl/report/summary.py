@@ -123,8 +123,9 @@ def _selection_lines(selection: dict[str, dict[str, Any]], records: list[dict[st
                  f"{pct((base['summary'].get('eval/accuracy'), None))}." if base else "")
     lines = ["## Learning-rate selection", "",
              "Each recipe's rate is the one with the highest final greedy accuracy on the **val** split "
-             "(mean over seeds; ties go to the rate named first). Test accuracy is shown beside it and was "
-             "not used to choose; '–' is a rate not run for that recipe; 'failed' counts runs whose status is not ok "
+             "(mean over seeds; ties go to the rate named first). Sweep runs score val alone, so their test "
+             "cells read '–' (runs made before that rule show the test accuracy they computed, never used to "
+             "choose); '–' is also a rate not run for that recipe; 'failed' counts runs whose status is not ok "
              "(a bridge run whose shadow collapsed), shown but not excluded. A choice marked *edge* is the "
              "highest or lowest rate tried for that recipe: a rate beyond it might do better." + base_line, "",
              "| recipe | " + " | ".join(f"lr {lr:g}: val / test" for lr in rates) + " | chosen |",

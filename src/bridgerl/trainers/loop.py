@@ -119,15 +119,23 @@ def periodic_eval(st: TrainState) -> dict[str, float]:
     return out
 
 
+def final_splits(cfg: Config) -> tuple[tuple[str, str], ...]:
+    """(split, metric prefix) scored at the start and the end: test and the hard split, or val alone
+    under eval.split=val, so that a run made for choosing (a rate sweep) never shows a test number."""
+    if cfg.eval.split == VAL:
+        return ((VAL, "eval_val"),)
+    return ((TEST, "eval"), (TEST_HARD, "eval_hard"))
+
+
 def final_eval(st: TrainState, run_dir: Path | None, prefix: str = "") -> dict[str, float]:
-    """Test and hard-split accuracy (and avg@k / pass@k when eval.k > 1), completions to JSONL."""
+    """Accuracy on `final_splits` (and avg@k / pass@k when eval.k > 1), completions to JSONL."""
     out: dict[str, float] = {}
     variants = [("", False)]
     if st.shadow is not None and st.cfg.eval.shadow and not prefix:
         variants.append(("shadow/", True))
     for tag, shadow in variants:
-        for split, key in ((TEST, "eval"), (TEST_HARD, "eval_hard"), (VAL, "eval_val")):
-            if not st.task.split(split) or (split == VAL and st.cfg.eval.split != VAL):
+        for split, key in final_splits(st.cfg):
+            if not st.task.split(split):
                 continue
             acc, res = eval_split(st, split, shadow=shadow, k=st.cfg.eval.k)
             for name, value in res.metrics.items():
@@ -223,7 +231,8 @@ def _train(st: TrainState, start: Start, stop: StopRequest, t_start: float) -> d
     try:
         if ckpt is None:
             summary.update(final_eval(st, out_dir, prefix="initial/"))
-            logger.log(0, {"time_s": time.perf_counter() - t_start, "eval/accuracy": summary.get("initial/eval/accuracy"),
+            key = final_splits(cfg)[0][1]
+            logger.log(0, {"time_s": time.perf_counter() - t_start, f"{key}/accuracy": summary.get(f"initial/{key}/accuracy"),
                            **st.timer.pop()})
         initial = {k: v for k, v in summary.items() if k.startswith("initial/")}
         saved = {"step": st.step if ckpt is not None else None, "path": ckpt}
@@ -246,7 +255,8 @@ def _train(st: TrainState, start: Start, stop: StopRequest, t_start: float) -> d
             raise RunInterrupted(stop.signum, run_dir, st.step, cfg.train.steps, saved["path"])
         summary.update(final_eval(st, out_dir))
         logger.log(st.step, {k: v for k, v in summary.items()
-                             if k in ("eval/accuracy", "eval_hard/accuracy", "shadow/eval/accuracy")})
+                             if k in ("eval/accuracy", "eval_hard/accuracy", "shadow/eval/accuracy", "eval_val/accuracy",
+                                      "shadow/eval_val/accuracy")})
         with st.timer("save"):
             save_outputs(st, out_dir)
     except UserError:  # found mid-run (a reward function raising on a completion): leave nothing half-written
@@ -301,10 +311,11 @@ def _agree(st: TrainState, *flags: bool) -> list[bool]:
 
 def _status(st: TrainState, summary: dict[str, Any]) -> str:
     # A collapsed shadow makes the cooperative gain meaningless (testbed-notes): a failed run.
-    if st.shadow is not None and "shadow/eval/accuracy" in summary:
-        base = summary.get("initial/eval/accuracy", 0.0)
-        if base > 0 and summary["shadow/eval/accuracy"] < 0.5 * base:
-            console.print(f"[red]shadow collapsed: thetahat + w scores {summary['shadow/eval/accuracy']:.3f} "
+    key = final_splits(st.cfg)[0][1]  # test, or val in a run made for choosing
+    if st.shadow is not None and f"shadow/{key}/accuracy" in summary:
+        base, shadow = summary.get(f"initial/{key}/accuracy", 0.0), summary[f"shadow/{key}/accuracy"]
+        if base > 0 and shadow < 0.5 * base:
+            console.print(f"[red]shadow collapsed: thetahat + w scores {shadow:.3f} "
                           f"against the base model's {base:.3f}; lower optim.shadow_lr[/red]")
             return "shadow_collapsed"
     return "ok"
