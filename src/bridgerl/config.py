@@ -285,6 +285,9 @@ class BridgeConfig:
     # (one more generation per step; on-policy, as grad_w J_RL(thetahat, w) is defined). "own" is the
     # default: with shared rollouts the shadow fell to 0% from the first evaluation (docs/decisions.md)
     shadow_rollouts: str = "own"
+    # the memory-lean shadow (issue #13): thetahat's AdamW moments live in a temporary file ($TMPDIR),
+    # mapped one parameter at a time for its update (trainers/offload.py); the same update bit for bit
+    lean_shadow: bool = False
 
 
 @dataclass

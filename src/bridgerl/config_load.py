@@ -124,6 +124,9 @@ def validate(cfg: Config) -> None:
          "bridge.shadow_rollouts=own samples from thetahat + w, which the vLLM engine does not hold; "
          "use bridge.shadow_rollouts=shared with rollout.engine=vllm (or rollout.engine=hf)"),
         (0 < cfg.bridge.lam_start <= 1, "bridge.lam_start must be in (0, 1]"),
+        (not (cfg.bridge.lean_shadow and cfg.train.sharding == "fsdp"),
+         "bridge.lean_shadow=true keeps whole moments in a file and does not shard them; use train.sharding=none "
+         "with it, or sharding without it (FSDP already divides thetahat's moments among the processes)"),
         (cfg.lora.r >= 1, "lora.r must be >= 1"),
         (0 <= cfg.lora.dropout < 1, "lora.dropout must be in [0, 1)"),
         (cfg.optim.lr > 0 and cfg.optim.lora_lr > 0, "optim.lr and optim.lora_lr must be > 0"),

@@ -97,6 +97,15 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, model_dir, full)
     assert len(list((tmp_path / "killed" / "checkpoints").glob("step-*"))) <= 2  # keep_last
 
 
+def test_a_lean_shadow_run_killed_and_resumed_equals_the_uninterrupted_run_without_it(tmp_path, model_dir, full):
+    """bridge.lean_shadow: thetahat's moments go through the checkpoint from their file and back."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    lean = _cmd(tmp_path, model_dir, "lean", "bridge.lean_shadow=true")
+    _kill_after_checkpoint(lean, tmp_path / "lean" / "checkpoints", env)
+    subprocess.run([*lean, "resume=true"], check=True, env=env, capture_output=True)
+    _assert_same_run(full, tmp_path / "lean")
+
+
 def test_checkpoint_killed_mid_write_is_ignored_on_resume(tmp_path, model_dir, full):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ckpts = tmp_path / "torn" / "checkpoints"

@@ -259,4 +259,5 @@ def optimizer_step(st: TrainState, groups: tuple[str, ...], metrics: dict[str, f
             st.schedulers[g].step()
             st.optimizers[g].zero_grad(set_to_none=True)
             metrics[f"lr/{g}"] = st.schedulers[g].get_last_lr()[0]
-        st.engine.sync(st.model)
+        if {"theta", "lora"} & set(groups):  # the policy the engine samples moved (thetahat is never served)
+            st.engine.sync(st.model)

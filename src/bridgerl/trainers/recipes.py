@@ -139,9 +139,11 @@ def bridge_step(st: TrainState) -> Metrics:
 
     One rollout from pi(theta, w); pass 1: (1-lam) L_SFT + lam L_RL at theta -> theta.grad, g1;
     pass 2: L_RL at thetahat -> thetahat.grad, g2; w.grad = g1 - lam g2; three optimizer steps.
-    All gradients are taken at the iteration's start (simultaneous). Pass 2 uses theta's rollouts
-    (ratio against pi_old(theta, w), `bridge.shadow_rollouts=shared`, the paper's v3) or rollouts
-    thetahat + w samples itself for the same prompts (`own`, on-policy: docs/decisions.md).
+    All gradients are taken at the iteration's start (simultaneous). Pass 2 uses rollouts thetahat + w
+    samples itself for the same prompts (`bridge.shadow_rollouts=own`, on-policy: docs/decisions.md) or
+    theta's rollouts (ratio against pi_old(theta, w) from pass 1; `shared`, the paper's v3).
+    With its own rollouts pass 2 needs nothing from pass 1, so it runs first and thetahat steps at
+    once: its gradients are gone before theta's exist (a lower peak memory; the same numbers).
     """
     cfg = st.cfg
     lam = lam_at(st.step, cfg.train.steps, cfg.bridge.lam_schedule, cfg.bridge.lam, cfg.bridge.lam_start)
@@ -149,40 +151,52 @@ def bridge_step(st: TrainState) -> Metrics:
     examples = rl_prompts(st)
     rb = rl_batch(st, m, examples)
     batch = sft_batch(st)
+    own = st.shadow is not None and cfg.bridge.shadow_rollouts == "own"
+
+    if own:  # thetahat + w samples the same prompts itself: J_RL(thetahat, w) on its own policy
+        sm: Metrics = {}
+        with policy(st, shadow=True):
+            rb_hat = rl_batch(st, sm, examples)
+        m.update({f"shadow/{k}": v for k, v in sm.items()})
+        m["bridge/reward_gain"] = m["reward"] - sm["reward"]  # J_RL(theta, w) - J_RL(thetahat, w), rewards
+        g2 = shadow_pass(st, rb_hat, None, m)  # pass 2: grad L_RL(thetahat, w)
+        optimizer_step(st, ("shadow",), m)
 
     with st.timer("sft_fwd_bwd"):  # pass 1, SFT term: (1 - lam) grad L_SFT(theta, w)
         m["loss/sft"] = sft_pass(st, batch, scale=1.0 - lam, metrics=m)
     with st.timer("rl_fwd_bwd"):  # pass 1, RL term: lam grad L_RL(theta, w)
         m["loss/rl"], logp_old, pm = rl_pass(st, rb, scale=lam)
     m.update(pm)
-    lora = st.group_params("lora")
 
     if st.shadow is not None:
-        g1 = [p.grad for p in lora]
-        for p in lora:
-            p.grad = None
-        own = cfg.bridge.shadow_rollouts == "own"
-        if own:  # thetahat + w samples the same prompts itself: J_RL(thetahat, w) on its own policy
-            sm: Metrics = {}
-            with policy(st, shadow=True):
-                rb_hat = rl_batch(st, sm, examples)
-            m.update({f"shadow/{k}": v for k, v in sm.items()})
-            m["bridge/reward_gain"] = m["reward"] - sm["reward"]  # J_RL(theta, w) - J_RL(thetahat, w), rewards
-        with st.timer("shadow_fwd_bwd"):  # pass 2: grad L_RL(thetahat, w)
-            l_hat, logp_hat, hm = rl_pass(st, rb_hat if own else rb, params=st.shadow,
-                                          old_logp=None if own else logp_old)
-        g2 = [p.grad for p in lora]
-        for p, g in zip(lora, combine_lora_grads(g1, g2, lam, meta=True)):  # Eq. 8
+        if not own:  # pass 2 on theta's rollouts, against pi_old(theta, w) from pass 1
+            g2 = shadow_pass(st, rb, logp_old, m)
+        lora = st.group_params("lora")
+        for p, g in zip(lora, combine_lora_grads([p.grad for p in lora], g2, lam, meta=True)):  # Eq. 8
             p.grad = g
-        m["loss/rl_shadow"] = l_hat
         # The cooperative gain on this batch, J_RL(theta, w) - J_RL(thetahat, w) (Eq. 10 bracket).
-        m["bridge/coop_gain"] = l_hat - m["loss/rl"]
-        if not own:
-            mask = rb.batch.completion_mask.bool()
-            m["shadow/logp_gap"] = (logp_hat - logp_old)[mask].mean().item() if mask.any() else 0.0
-        m["shadow/clip_ratio/region_mean"] = hm.get("clip_ratio/region_mean", 0.0)
-    optimizer_step(st, ("theta", "lora", "shadow") if st.shadow is not None else ("theta", "lora"), m)
+        m["bridge/coop_gain"] = m["loss/rl_shadow"] - m["loss/rl"]
+    optimizer_step(st, ("theta", "lora", "shadow") if st.shadow is not None and not own else ("theta", "lora"), m)
     return m
+
+
+def shadow_pass(st: TrainState, rb: RLBatch, old_logp: torch.Tensor | None, m: Metrics) -> list[torch.Tensor | None]:
+    """BRIDGE's pass 2: grad L_RL(thetahat, w) into thetahat's .grad; returns w's part, g2, and leaves
+    w's .grad as it found it. old_logp: the sampling policy's log-probs (None: on-policy)."""
+    lora = st.group_params("lora")
+    held = [p.grad for p in lora]
+    for p in lora:
+        p.grad = None
+    with st.timer("shadow_fwd_bwd"):
+        m["loss/rl_shadow"], logp_hat, hm = rl_pass(st, rb, params=st.shadow, old_logp=old_logp)
+    g2 = [p.grad for p in lora]
+    for p, g in zip(lora, held):
+        p.grad = g
+    if old_logp is not None:
+        mask = rb.batch.completion_mask.bool()
+        m["shadow/logp_gap"] = (logp_hat - old_logp)[mask].mean().item() if mask.any() else 0.0
+    m["shadow/clip_ratio/region_mean"] = hm.get("clip_ratio/region_mean", 0.0)
+    return g2
 
 
 STEPS: dict[str, Callable[[TrainState], Metrics]] = {

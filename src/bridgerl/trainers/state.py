@@ -14,6 +14,7 @@ from torch.func import functional_call
 from bridgerl.config import Config, ConfigError
 from bridgerl.models.lora import attach_lora, split_params
 from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, Example, Task, TaskError
+from bridgerl.trainers.offload import FileAdamW, file_directory
 from bridgerl.utils.distributed import Dist
 from bridgerl.utils.sharding import copy_with_shared, shard_module, wants_fsdp
 from bridgerl.utils.timers import PhaseTimer
@@ -166,6 +167,9 @@ def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engin
     views: dict[str, nn.Module] = {}
     sharded = wants_fsdp(cfg.train.sharding, dist.world)
     if sharded:
+        if wants_shadow and cfg.bridge.lean_shadow:
+            raise ConfigError("bridge.lean_shadow=true keeps whole moments in a file and does not shard them; run "
+                              "it in one process, or shard without it (FSDP already divides thetahat's moments)")
         shadow, ref, views = _shard(cfg, model, lora, wants_shadow)
         theta, lora = split_params(model)  # sharding replaced the parameter objects
     else:
@@ -183,7 +187,11 @@ def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engin
         optimizers["lora"] = _optimizer(list(lora.values()), cfg.optim.lora_lr, cfg)
     if shadow is not None:
         shadow_lr = cfg.optim.shadow_lr if cfg.optim.shadow_lr is not None else cfg.optim.lr
-        optimizers["shadow"] = _optimizer(list(shadow.values()), shadow_lr, cfg)
+        if cfg.bridge.lean_shadow and cfg.optim.optimizer == "adamw":  # moments in a file (trainers/offload.py)
+            optimizers["shadow"] = FileAdamW(list(shadow.values()), lr=shadow_lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                                             weight_decay=cfg.optim.weight_decay, directory=file_directory())
+        else:
+            optimizers["shadow"] = _optimizer(list(shadow.values()), shadow_lr, cfg)
     factor = _schedule(cfg, cfg.train.steps)
     schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, factor) for k, o in optimizers.items()}
 
