@@ -186,3 +186,20 @@ def test_meta_ablation_plans_bridge_without_the_meta_objective() -> None:
     assert "bridge.meta=false" in plan[1].overrides and "recipe=bridge" in plan[1].overrides
     assert "bridge.meta=false" not in plan[0].overrides
     assert isinstance(ns, argparse.Namespace)
+
+
+def test_gain_over_base_pairs_the_one_base_evaluation_with_every_seed(tmp_path: Path) -> None:
+    """compare's base runs once (seed 0: greedy decoding does not depend on the seed); every recipe's
+    gain over it is paired by problem across all its seeds, with a CI, in the table and results.json."""
+    recs = build(tmp_path, {"grpo": 0.30, "sft": 0.75})
+    base = write_run(tmp_path, "base-s0", "sft", {0: 0.25}, 0.0,
+                     grades={"test": grades(0.25, 0, 99), "test_hard": grades(0.1, 0, 98)})
+    recs.append(record(base, "base", "sft", 0))
+    _, rows = measure(tmp_path, recs)
+    sft, grpo = rows["sft"]["gain_ci"], rows["grpo"]["gain_ci"]
+    assert sft["seeds"] == 5 and sft["problems"] == N_PROBLEMS  # one base evaluation, five seeds of sft
+    assert sft["lo"] > 0.40 and sft["mean"] == pytest.approx(rows["sft"]["test"][0] - 0.25, abs=0.02)
+    assert grpo["lo"] < 0.05 < grpo["hi"]  # 30% against 25%: +5 points, within its interval
+    assert "base" not in {label for label, r in rows.items() if "gain_ci" in r}
+    report = write_outputs(tmp_path, settings(recipes=["base", "grpo", "sft"]), recs).read_text()
+    assert "| gain over base [95% CI] |" in report and "| 0.7 | +49.0 [+41.9, +56.1] |" in report

@@ -284,9 +284,9 @@ def test_report_from_synthetic_runs(tmp_path: Path) -> None:
     report = write_outputs(tmp_path, settings, recs)
     text = report.read_text()
     # runs without per-problem grades: CIs over seeds only (†), none for one seed
-    assert "| bridge | 2 | 55.0 [50.0, 60.0]† | 7.1 | 27.5 [25.0, 30.0]† | 10.0 ± 0.0 | 4 | 6 | 100 ± 1 | 5 s (2/2) " \
-           "| 36.0 |" in text
-    assert "| base | 1 | 10.0 | – | 5.0 |" in text
+    assert "| bridge | 2 | 55.0 [50.0, 60.0]† | 7.1 | +45.0 [+40.0, +50.0]† | 27.5 [25.0, 30.0]† | 10.0 ± 0.0 | 4 | 6 " \
+           "| 100 ± 1 | 5 s (2/2) | 36.0 |" in text  # the gain over the base's one evaluation, paired by seed
+    assert "| base | 1 | 10.0 | – | – | 5.0 |" in text
     assert "| bridge - cold-start | test | +20.0 [+20.0, +20.0] points | 2 seeds only (per-problem grades missing in " \
            "4 of 4 runs) | holds |" in text
     assert "Only 2 seeds in some comparison" in text

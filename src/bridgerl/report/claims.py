@@ -36,6 +36,7 @@ from bridgerl.report.summary import (EPS, budget, ci_text, largest_drop, mean_st
 
 SPLITS = {"test": ("test", "eval/accuracy"), "hard split": ("test_hard", "eval_hard/accuracy")}
 BASELINES = ("cold-start", "grpo", "sft", "alternate", "mix", "luffy", "chord")
+BASE = "base"  # compare's starting model: greedy, so one evaluation (seed 0) stands for every seed
 META_OFF = "bridge-meta-off"  # compare --meta-ablation's group: bridge with bridge.meta=false
 LAM_MARGIN = 0.05  # lam robustness holds when every lam's difference to lam=0.5 is within +-5 points (CI)
 DIP_EVALS = 2  # the dip is measured at the mean of the first evaluations after the switch (the paper: epoch 3 of 6)
@@ -139,6 +140,8 @@ class Evidence:
             return None, f"{' or '.join(x for x in labels if x not in self.runs)} did not run"
         grades = [self.grades(label, split_name) for label in labels]
         missing = [self.runs[label][s].path.name for label, g in zip(labels, grades) for s, v in g.items() if v is None]
+        if b == BASE and len(grades[1]) == 1:  # the starting model, evaluated once, pairs with every seed of a
+            grades[1] = dict.fromkeys(grades[0], next(iter(grades[1].values())))
         if not missing:
             d, seeds, ids = paired(*grades)
             if not seeds:
@@ -149,6 +152,8 @@ class Evidence:
                 return bootstrap_mean(d), f"{len(seeds)} seed{'s' * (len(seeds) > 1)} x {len(ids)} problems{common}"
         acc = [{s: r.summary.get(key) for s, r in self.runs[label].items() if r.summary.get(key) is not None}
                for label in labels]
+        if b == BASE and len(acc[1]) == 1:
+            acc[1] = dict.fromkeys(acc[0], next(iter(acc[1].values())))
         seeds = sorted(set(acc[0]).intersection(*acc[1:]))
         if len(seeds) < 2:  # one value: nothing to resample
             return None, f"{len(seeds)} seed{'s' * (len(seeds) != 1)} and no per-problem grades: no interval"
@@ -167,11 +172,15 @@ class Evidence:
 
 
 def add_intervals(rows: list[dict[str, Any]], ev: Evidence) -> None:
-    """Each table row's mean test and hard-split accuracy with its 95% CI (row["test_ci"], ["hard_ci"])."""
+    """Each table row's mean test and hard-split accuracy with its 95% CI (row["test_ci"], ["hard_ci"]), and
+    its test gain over the base model, paired by problem, with its CI (row["gain_ci"]; where base ran)."""
     for row in rows:
         for split, col in (("test", "test_ci"), ("hard split", "hard_ci")):
             iv, basis = ev.difference(row["label"], None, split)
             row[col] = {**iv.to_dict(), "basis": basis} if iv is not None else None
+        if BASE in ev.runs and row["label"] != BASE:  # the gain over the starting model, same problems
+            iv, basis = ev.difference(row["label"], BASE, "test")
+            row["gain_ci"] = {**iv.to_dict(), "basis": basis} if iv is not None else None
 
 
 # -- the claims ---------------------------------------------------------------------------------

@@ -166,6 +166,14 @@ def ci_text(ci: dict[str, Any] | None) -> str:
     return f"{100 * ci['mean']:.1f} [{100 * ci['lo']:.1f}, {100 * ci['hi']:.1f}]{seeds_only}"
 
 
+def gain_text(ci: dict[str, Any] | None) -> str:
+    """A paired difference in points with its CI, '+12.3 [+8.1, +16.0]'; '–' where there is none."""
+    if ci is None:
+        return "–"
+    seeds_only = "†" if "only" in ci.get("basis", "") else ""
+    return f"{100 * ci['mean']:+.1f} [{100 * ci['lo']:+.1f}, {100 * ci['hi']:+.1f}]{seeds_only}"
+
+
 def reach_text(reach: list[float | None] | None) -> str:
     if reach is None:
         return "–"
@@ -217,23 +225,27 @@ def render_report(settings: dict[str, Any], records: list[dict[str, Any]], rows:
              "## Results", "",
              "Accuracy is greedy pass@1 in percent: the mean over seeds (and problems) with its 95% CI, a bootstrap "
              "over seeds and test problems (report/stats.py); 'seed std' is the sample std of the seeds' "
-             "accuracies. 'reach' is the wall-clock to the first evaluation at or above cold-start's mean final "
+             "accuracies. 'gain over base' is the recipe's test accuracy minus the base model's, paired by "
+             "problem (the base is greedy: its one evaluation pairs with every seed). 'reach' is the wall-clock to the first evaluation at or above cold-start's mean final "
              "test accuracy (seeds that reached it). " + _timing_note(settings.get("jobs") or 1) + " The paper "
              "column is Qwen2.5-3B's 5-benchmark average: another model and other benchmarks, for the order only.",
              ""]
     if seeds_only:
         lines += ["† a CI over seeds only: some of that group's runs have no per-problem grades of their final "
                   "evaluation (completions/final_<split>.jsonl; runs from before they were written).", ""]
-    lines += [f"| recipe | seeds | test acc [95% CI] | seed std | hard acc [95% CI] | start test acc | steps | "
+    gains = any("gain_ci" in r for r in rows)
+    lines += [f"| recipe | seeds | test acc [95% CI] | seed std | {'gain over base [95% CI] | ' if gains else ''}"
+              f"hard acc [95% CI] | start test acc | steps | "
               f"wall time (s) | peak {'GPU' if cuda else 'RSS'} (MB) | reach cold-start acc | paper avg |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gains else "")]
     for r in rows:
         flag = f" ({len(r['failed'])} failed: {', '.join(r['failed'])})" if r["failed"] else ""
         paper = PAPER_AVG.get(r["label"])
         std = "–" if r["test"][1] is None else f"{100 * r['test'][1]:.1f}"
         test, hard = (ci_text(r[c]) if r.get(c) else pct((r[k][0], None)) for c, k in (("test_ci", "test"),
                                                                                         ("hard_ci", "hard")))
-        lines.append(f"| {r['label']}{flag} | {r['n']} | {test} | {std} | {hard} | {pct(r['start'])} | "
+        gain = (f"{gain_text(r.get('gain_ci'))} | " if gains else "")
+        lines.append(f"| {r['label']}{flag} | {r['n']} | {test} | {std} | {gain}{hard} | {pct(r['start'])} | "
                      f"{num(r['steps'])} | {num(r['time_s'])} | {num(r['cuda_mb'] if cuda else r['mem_mb'])} | "
                      f"{reach_text(r['reach'])} | {paper if paper is not None else '–'} |")
     lines += [""] + (_selection_lines(selection, records) if selection else []) + claim_lines
