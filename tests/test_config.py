@@ -101,3 +101,26 @@ def test_own_shadow_rollouts_with_vllm_are_refused_in_one_line():
     with pytest.raises(ConfigError, match="shadow_rollouts=shared"):
         load_config(None, ["recipe=bridge", "rollout.engine=vllm", "bridge.shadow_rollouts=own"])
     assert load_config(None, ["recipe=bridge", "rollout.engine=vllm", "bridge.shadow_rollouts=shared"])
+
+
+def test_a_configs_recipe_rates_fill_an_unset_lr_ahead_of_the_built_in_tables(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name_or_path: smollm2\noptim:\n  recipe_lr: {sft: 3.0e-5, grpo: 1e-5}\n")
+    assert load_config(str(path), ["recipe=grpo"]).optim.lr == 1e-5
+    assert load_config(str(path), ["recipe=sft"]).optim.lr == 3e-5
+    assert load_config(str(path), ["recipe=mix"]).optim.lr == 1e-6  # not in the table: the built-in default
+    assert load_config(str(path), ["recipe=grpo", "optim.lr=2e-6"]).optim.lr == 2e-6  # explicit wins
+    assert load_config(str(path), ["recipe=cold-start"]).baseline.cold_start_rl_lr == 1e-5  # its RL stage: grpo's
+    assert load_config(None, ["recipe=grpo", "optim.recipe_lr.grpo=3e-4"]).optim.lr == 3e-4  # a dotted override
+
+
+@pytest.mark.parametrize("value, message", [
+    ("optim.recipe_lr.ppo=1e-5", "optim.recipe_lr names no recipe ['ppo']; its keys are recipes: sft, grpo"),
+    ("optim.recipe_lr.grpo=-1", "optim.recipe_lr: every rate must be > 0"),
+    ("optim.recipe_lr=3", "optim.recipe_lr: expected a mapping, got 3"),
+    ("optim.recipe_lr.grpo=fast", "optim.recipe_lr.grpo: expected float, got 'fast'"),
+])
+def test_a_bad_recipe_rate_table_is_refused_in_one_line(value, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [value])
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -248,6 +248,9 @@ class OptimConfig:
     # other model gets rates for pretrained LMs (PRETRAINED_LR, above). configs/paper/ holds the paper's.
     # alpha: theta (full base weights); None = RECIPE_LR[recipe] on the testbed, else PRETRAINED_LR
     lr: float | None = None
+    # theta's rate per recipe where optim.lr is unset, ahead of the built-in tables: a config's own
+    # rates, chosen on its val split (compare --lr-sweep), e.g. {sft: 3.0e-5, grpo: 1.0e-5, bridge: 1.0e-5}
+    recipe_lr: dict[str, float] = field(default_factory=dict)
     # beta: the LoRA w. Paper silent. None = 3e-4 on the testbed: the largest rate at which thetahat + w
     # did not collapse on val (at 1e-3 w, which descends J_RL(thetahat, w), outran the shadow in every
     # seed; docs/decisions.md); else 10x alpha (a LoRA at alpha barely moves; method.md decision 6)

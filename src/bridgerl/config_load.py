@@ -41,6 +41,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected {_tname(tp)}, got {value!r}")
+    if origin is dict:
+        key_tp, item_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp, key): _coerce(v, item_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -130,6 +135,10 @@ def validate(cfg: Config) -> None:
         (cfg.lora.r >= 1, "lora.r must be >= 1"),
         (0 <= cfg.lora.dropout < 1, "lora.dropout must be in [0, 1)"),
         (cfg.optim.lr > 0 and cfg.optim.lora_lr > 0, "optim.lr and optim.lora_lr must be > 0"),
+        (set(cfg.optim.recipe_lr) <= set(CHOICES["recipe"]),
+         f"optim.recipe_lr names no recipe {sorted(set(cfg.optim.recipe_lr) - set(CHOICES['recipe']))}; "
+         f"its keys are recipes: {', '.join(CHOICES['recipe'])}"),
+        (all(v > 0 for v in cfg.optim.recipe_lr.values()), "optim.recipe_lr: every rate must be > 0"),
         (cfg.baseline.cold_start_rl_lr is None or cfg.baseline.cold_start_rl_lr > 0,
          "baseline.cold_start_rl_lr must be > 0 (or null: optim.lr)"),
         (all(0 <= b <= 1 for b in (cfg.baseline.chord_phi_mu, cfg.baseline.chord_mu_peak, cfg.baseline.chord_mu_valley)),
@@ -230,6 +239,7 @@ def finish(cfg: Config) -> Config:
     testbed = cfg.model.name_or_path in TESTBED_MODELS
     rates = RECIPE_LR if testbed else PRETRAINED_LR
     opt = cfg.optim
+    rates = {**rates, **opt.recipe_lr}  # the config's own table (rates chosen on its val split) first
     if opt.lr is None and cfg.recipe in rates:
         opt.lr = rates[cfg.recipe]
         if cfg.recipe == "cold-start" and cfg.baseline.cold_start_rl_lr is None:

@@ -53,6 +53,8 @@ def rates_line(cfg: Config) -> str:
         line += f", w {o.lora_lr:g}"
         if cfg.bridge.meta:
             line += f", thetahat {o.shadow_lr if o.shadow_lr is not None else o.lr:g}"
+    if cfg.recipe in o.recipe_lr and o.lr == o.recipe_lr[cfg.recipe]:
+        return line + f" (theta's from optim.recipe_lr, this config's rate for {cfg.recipe})"
     if cfg.model.name_or_path in TESTBED_MODELS:
         return line + " (unset rates: the testbed's, chosen on its val split)"
     if o.lr == PRETRAINED_LR.get(cfg.recipe):
