@@ -272,6 +272,10 @@ class LoraConfig:
     r: int = 16
     alpha: float = 16.0
     dropout: float = 0.0
+    # train through the merged weight W + (alpha/r) B A (one small product per layer: fastest where layers
+    # are narrow, as on the testbed) or, false, add B(A(x)) as peft's layer does: no merged copy of each
+    # adapted weight held until backward, which at SmolLM2's size is ~0.4 GB of peak memory (docs/decisions.md)
+    merged: bool = True
     targets: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )

@@ -264,3 +264,9 @@ def test_micro_batches_give_the_same_bridge_step(tokenizer):
     for group in ("theta", "shadow", "lora"):
         for n, p in getattr(a, group).items():
             torch.testing.assert_close(p, getattr(b, group)[n], atol=1e-10, rtol=0)
+
+
+def test_peft_style_lora_forward_gives_the_same_bridge_step(tokenizer):
+    """lora.merged=false (base(x) + s B(A(x)), no merged weight held per layer) is the same update."""
+    moved = _assert_bridge_step_is_exact(tokenizer, "lora.merged=false", "bridge.shadow_rollouts=own")
+    assert moved > 1e-4

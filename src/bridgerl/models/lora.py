@@ -27,8 +27,11 @@ from torch import nn
 class LoRALinear(nn.Module):
     """y = x (W + s B A)^T + b, with s = alpha / r; A: [r, in], B: [out, r] (B = 0 at init)."""
 
-    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0, merged: bool = True) -> None:
         super().__init__()
+        # merged: train through the merged weight W + s B A (fast where layers are narrow; holds one merged
+        # copy of the weight per layer until the backward pass); False: base(x) + s B(A(x)), peft's formula
+        self.merged = merged
         self.base_layer = base_layer
         factory = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
         self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, **factory)
@@ -46,7 +49,7 @@ class LoRALinear(nn.Module):
         return self.base_layer.weight + self.scaling * (self.lora_B.weight @ self.lora_A.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.dropout, nn.Dropout) and self.training:
+        if (isinstance(self.dropout, nn.Dropout) and self.training) or (not self.merged and torch.is_grad_enabled()):
             return self.base_layer(x) + self.scaling * self.lora_B(self.lora_A(self.dropout(x)))
         if self._cache_enabled and not torch.is_grad_enabled():
             # Generation calls forward once per new token with unchanged weights: merge once.
@@ -56,7 +59,8 @@ class LoRALinear(nn.Module):
         return F.linear(x, self.merged_weight(), self.base_layer.bias)
 
 
-def attach_lora(model: nn.Module, targets: list[str], r: int, alpha: float, dropout: float = 0.0) -> list[str]:
+def attach_lora(model: nn.Module, targets: list[str], r: int, alpha: float, dropout: float = 0.0,
+                merged: bool = True) -> list[str]:
     """Replace every nn.Linear whose name ends with one of `targets` by a LoRALinear, in place.
 
     Returns the replaced module names. Raises ValueError if no module matches (a typo in
@@ -67,7 +71,7 @@ def attach_lora(model: nn.Module, targets: list[str], r: int, alpha: float, drop
         if isinstance(module, nn.Linear) and name.split(".")[-1] in targets:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, LoRALinear(module, r, alpha, dropout))
+            setattr(parent, child, LoRALinear(module, r, alpha, dropout, merged))
             replaced.append(name)
     if not replaced:
         linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})

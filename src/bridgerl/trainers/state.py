@@ -159,7 +159,7 @@ def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engin
         raise ValueError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) and train.sft_batch_size "
                          f"({cfg.train.sft_batch_size}) must be divisible by the number of processes ({dist.world})")
     if cfg.recipe in USES_LORA:
-        attach_lora(model, cfg.lora.targets, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
+        attach_lora(model, cfg.lora.targets, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.merged)
     model.train()
     dist.broadcast_([*model.parameters(), *model.buffers()])  # one model on every rank, w's random A included
     theta, lora = split_params(model)
