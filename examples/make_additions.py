@@ -6,7 +6,7 @@ only: real headroom for SFT and RL, in completions of a few tokens that a 2-core
     python examples/make_additions.py     # rewrites the files (seeded: the same rows every time)
 
 Files (chat-message prompts, rendered with the model's chat template; `answer` for the reward
-`math_answer`; `solution` is the expert completion the SFT side imitates):
+`number_answer`; `solution` is the expert completion the SFT side imitates):
   rl.jsonl    2,000 RL prompts (no solution: the RL side needs none, as in the paper)
   sft.jsonl     256 expert demonstrations, "a + b = c" (scarce, reused for epochs)
   val.jsonl     300 problems for choosing rates

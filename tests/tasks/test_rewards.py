@@ -101,7 +101,18 @@ def test_builtin_math_grader_is_math_verify_on_the_boxed_answer(tmp_path):
     examples = plain.split("test")
     completions = ["So \\boxed{\\frac{2}{4}}", "\\boxed{5}"]
     assert by_reward.grade_batch(examples, completions) == plain.grade_batch(examples, completions) == [1.0, 0.0]
-    assert set(BUILTIN) == {"math_answer", "arith_answer"}
+    assert set(BUILTIN) == {"math_answer", "arith_answer", "number_answer"}
+
+
+def test_number_answer_wants_the_number_and_not_an_expression_equal_to_it():
+    """math-verify reads a restated question as its value; GRPO on SmolLM2 found that within 20 steps."""
+    restated = "To find 81 + 31, we need to perform the arithmetic"
+    from bridgerl.tasks.grading import grade_math
+
+    assert grade_math("112", restated) == 1.0  # the loophole number_answer closes
+    got = BUILTIN["number_answer"]([restated, "81 + 31 = 112", "112", "It is 1,120.", "", "-7.0", "no"],
+                                   ["112", "112", "112", "1120", "112", "-7", "abc"])
+    assert got == [0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
 
 
 def test_functions_load_from_a_file_a_module_and_python(tmp_path, monkeypatch):

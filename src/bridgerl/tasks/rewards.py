@@ -30,6 +30,7 @@ import inspect
 import math
 import numbers
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -76,8 +77,27 @@ def arith_answer(completions: list[Any], answer: list[str], **kwargs: Any) -> li
     return out
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def number_answer(completions: list[Any], answer: list[str], **kwargs: Any) -> list[float]:
+    """For "answer with the number" tasks: the completion's last number (thousands commas dropped) equals
+    `answer`. Unlike math_answer, an expression that equals the answer does not count: math-verify reads
+    "To find 81 + 31, we need to" as 81 + 31 = 112, and GRPO on SmolLM2 learned within 20 steps to restate
+    the question that way (docs/results.md, "A real model")."""
+    out = []
+    for c, a in zip(completions, answer, strict=True):
+        found = _NUMBER.findall(completion_text(c).replace(",", ""))
+        try:
+            out.append(1.0 if found and float(found[-1]) == float(str(a).replace(",", "")) else 0.0)
+        except ValueError:  # an answer that is not a number: nothing matches it
+            out.append(0.0)
+    return out
+
+
 # name -> function, usable in task.reward_funcs by name (e.g. `task.reward_funcs=[math_answer]`)
-BUILTIN: dict[str, RewardFunc] = {"math_answer": math_answer, "arith_answer": arith_answer}
+BUILTIN: dict[str, RewardFunc] = {"math_answer": math_answer, "arith_answer": arith_answer,
+                                  "number_answer": number_answer}
 
 
 # ------------------------------------------------------------------------------- loading
