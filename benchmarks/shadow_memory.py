@@ -11,10 +11,11 @@ trainer's timer is in (generate, sft_fwd_bwd, rl_fwd_bwd, shadow_fwd_bwd, optim,
 where each peak happens. `peak_rss_mb` is the kernel's high-water mark (ru_maxrss), which includes
 loading the model.
 
-Variants, each source of saving on its own and then together: grpo; bridge (the defaults: thetahat's
-AdamW moments in memory, LoRA trained through merged weights); bridge+lean_shadow (thetahat's moments
-in a file, mapped one parameter at a time); bridge+unmerged_lora (lora.merged=false: B(A(x)) added to
-the base layer's output, no merged copy of each weight held until backward); bridge-lean (both).
+Variants, each candidate saving on its own and then together: grpo; bridge (the defaults: thetahat's
+AdamW moments in memory, LoRA trained through merged weights); bridge-lean (bridge.lean_shadow=true:
+thetahat's moments in a file, mapped one parameter at a time); bridge+unmerged_lora (lora.merged=false:
+B(A(x)) added to the base layer's output, no merged copy of each weight held until backward);
+bridge-lean+unmerged_lora (both). benchmarks/results/shadow_memory.json holds the measured figures.
 Written to benchmarks/results/shadow_memory.json.
 """
 
@@ -34,9 +35,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VARIANTS = {"grpo": ["recipe=grpo"], "bridge": ["recipe=bridge"],
-            "bridge+lean_shadow": ["recipe=bridge", "bridge.lean_shadow=true"],
+            "bridge-lean": ["recipe=bridge", "bridge.lean_shadow=true"],
             "bridge+unmerged_lora": ["recipe=bridge", "lora.merged=false"],
-            "bridge-lean": ["recipe=bridge", "bridge.lean_shadow=true", "lora.merged=false"]}
+            "bridge-lean+unmerged_lora": ["recipe=bridge", "bridge.lean_shadow=true", "lora.merged=false"]}
 
 
 def rss_mb() -> float:
