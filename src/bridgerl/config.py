@@ -274,7 +274,8 @@ class LoraConfig:
     dropout: float = 0.0
     # train through the merged weight W + (alpha/r) B A (one small product per layer: fastest where layers
     # are narrow, as on the testbed) or, false, add B(A(x)) as peft's layer does: no merged copy of each
-    # adapted weight held until backward, which at SmolLM2's size is ~0.4 GB of peak memory (docs/decisions.md)
+    # adapted weight held until backward. On SmolLM2 with 16-row micro-batches that saved 0.4 GB of peak only
+    # with glibc returning freed memory, and cost 0.65 GB without (docs/decisions.md, "A memory-lean shadow")
     merged: bool = True
     targets: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -295,6 +296,13 @@ class BridgeConfig:
     # the memory-lean shadow (issue #13): thetahat's AdamW moments live in a temporary file ($TMPDIR),
     # mapped one parameter at a time for its update (trainers/offload.py); the same update bit for bit
     lean_shadow: bool = False
+
+
+# The one refusal of bridge.lean_shadow with FSDP (config_load.validate for train.sharding=fsdp; build_state
+# when sharding=auto picks FSDP up from the launch).
+LEAN_SHADOW_FSDP = ("bridge.lean_shadow=true keeps whole moments in a file and does not shard them; use "
+                    "train.sharding=none with it, or sharding without it (FSDP already divides thetahat's moments "
+                    "among the processes)")
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from bridgerl.config import (CHOICES, PRETRAINED_LR, PRETRAINED_MICRO_BATCH, RECIPE_LR, TESTBED_LORA_LR,
-                             TESTBED_MODELS, TESTBED_SHADOW_LR, Config, ConfigError)
+from bridgerl.config import (CHOICES, LEAN_SHADOW_FSDP, PRETRAINED_LR, PRETRAINED_MICRO_BATCH, RECIPE_LR,
+                             TESTBED_LORA_LR, TESTBED_MODELS, TESTBED_SHADOW_LR, Config, ConfigError)
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -129,9 +129,7 @@ def validate(cfg: Config) -> None:
          "bridge.shadow_rollouts=own samples from thetahat + w, which the vLLM engine does not hold; "
          "use bridge.shadow_rollouts=shared with rollout.engine=vllm (or rollout.engine=hf)"),
         (0 < cfg.bridge.lam_start <= 1, "bridge.lam_start must be in (0, 1]"),
-        (not (cfg.bridge.lean_shadow and cfg.train.sharding == "fsdp"),
-         "bridge.lean_shadow=true keeps whole moments in a file and does not shard them; use train.sharding=none "
-         "with it, or sharding without it (FSDP already divides thetahat's moments among the processes)"),
+        (not (cfg.bridge.lean_shadow and cfg.train.sharding == "fsdp"), LEAN_SHADOW_FSDP),
         (cfg.lora.r >= 1, "lora.r must be >= 1"),
         (0 <= cfg.lora.dropout < 1, "lora.dropout must be in [0, 1)"),
         (cfg.optim.lr > 0 and cfg.optim.lora_lr > 0, "optim.lr and optim.lora_lr must be > 0"),
@@ -237,9 +235,9 @@ def finish(cfg: Config) -> Config:
     """Fill the defaults that depend on the recipe and the model (the rates left unset) and validate;
     returns cfg. A rate given explicitly is never changed."""
     testbed = cfg.model.name_or_path in TESTBED_MODELS
-    rates = RECIPE_LR if testbed else PRETRAINED_LR
     opt = cfg.optim
-    rates = {**rates, **opt.recipe_lr}  # the config's own table (rates chosen on its val split) first
+    # the config's own table (rates chosen on its val split) ahead of the built-in one
+    rates = {**(RECIPE_LR if testbed else PRETRAINED_LR), **opt.recipe_lr}
     if opt.lr is None and cfg.recipe in rates:
         opt.lr = rates[cfg.recipe]
         if cfg.recipe == "cold-start" and cfg.baseline.cold_start_rl_lr is None:

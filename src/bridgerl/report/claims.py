@@ -140,8 +140,8 @@ class Evidence:
             return None, f"{' or '.join(x for x in labels if x not in self.runs)} did not run"
         grades = [self.grades(label, split_name) for label in labels]
         missing = [self.runs[label][s].path.name for label, g in zip(labels, grades) for s, v in g.items() if v is None]
-        if b == BASE and len(grades[1]) == 1:  # the starting model, evaluated once, pairs with every seed of a
-            grades[1] = dict.fromkeys(grades[0], next(iter(grades[1].values())))
+        if b == BASE:
+            grades[1] = _every_seed(grades[1], grades[0])
         if not missing:
             d, seeds, ids = paired(*grades)
             if not seeds:
@@ -152,8 +152,8 @@ class Evidence:
                 return bootstrap_mean(d), f"{len(seeds)} seed{'s' * (len(seeds) > 1)} x {len(ids)} problems{common}"
         acc = [{s: r.summary.get(key) for s, r in self.runs[label].items() if r.summary.get(key) is not None}
                for label in labels]
-        if b == BASE and len(acc[1]) == 1:
-            acc[1] = dict.fromkeys(acc[0], next(iter(acc[1].values())))
+        if b == BASE:
+            acc[1] = _every_seed(acc[1], acc[0])
         seeds = sorted(set(acc[0]).intersection(*acc[1:]))
         if len(seeds) < 2:  # one value: nothing to resample
             return None, f"{len(seeds)} seed{'s' * (len(seeds) != 1)} and no per-problem grades: no interval"
@@ -169,6 +169,12 @@ class Evidence:
         iv, basis = self.difference(a, b, split)
         v = equivalence(iv, margin) if margin is not None else verdict(iv, direction)
         return Test(f"{a} - {b}", split, "points", direction, iv, v, basis, self.flagged(a, b), decisive)
+
+
+def _every_seed(base: dict[int, Any], seeds: dict[int, Any]) -> dict[int, Any]:
+    """The starting model's one (greedy, seed-independent) evaluation, paired with every seed of the
+    other group; a base evaluated per seed is left as it is."""
+    return dict.fromkeys(seeds, next(iter(base.values()))) if len(base) == 1 else base
 
 
 def add_intervals(rows: list[dict[str, Any]], ev: Evidence) -> None:

@@ -303,8 +303,9 @@ class _Results:
         if (run_dir / SIDECAR).is_file():
             record.update(json.loads((run_dir / SIDECAR).read_text()))
         if self.settings.get("lr_sweep"):
-            if "val_accuracy" not in record:
-                record["val_accuracy"] = val_accuracy(run_dir)
+            if "val_accuracy" not in record:  # the run's own val score (eval.split=val), else one made here
+                own = record["summary"].get("eval_val/accuracy")
+                record["val_accuracy"] = own if own is not None else val_accuracy(run_dir)
                 _update_sidecar(run_dir, val_accuracy=record["val_accuracy"])
             if pr.label != "base":  # base trains nothing: its rate means nothing
                 record["lr"] = lr_of(pr)

@@ -53,13 +53,8 @@ def lr_of(pr: Any) -> float:
 
 
 def val_accuracy(run_dir: Path) -> float:
-    """Greedy pass@1 of a run's final model on its task's val split (the run's own eval settings): the
-    run's own final val evaluation (eval.split=val), or, for a run made without it, one made here."""
-    import json
-
-    summary = json.loads((run_dir / "summary.json").read_text())
-    if summary.get("eval_val/accuracy") is not None:
-        return float(summary["eval_val/accuracy"])
+    """Greedy pass@1 of a run's final model on its task's val split (the run's own eval settings), for a
+    sweep run made before sweep runs scored val themselves (eval.split=val)."""
     from bridgerl.config import ModelConfig
     from bridgerl.eval.evaluate import evaluate
     from bridgerl.models.loading import load

@@ -158,20 +158,14 @@ def num(ms: tuple[float | None, float | None], fmt: str = ".0f") -> str:
     return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if std is not None and std > 0 else "")
 
 
-def ci_text(ci: dict[str, Any] | None) -> str:
-    """A mean with its 95% CI, in percent: `56.8 [52.1, 61.0]`; † marks a CI over seeds only."""
+def ci_text(ci: dict[str, Any] | None, signed: bool = False) -> str:
+    """A mean with its 95% CI, in percent: `56.8 [52.1, 61.0]` (signed, for a difference: `+4.1 [-0.3, +8.0]`);
+    † marks a CI over seeds only."""
     if ci is None:
         return "–"
     seeds_only = "†" if "only" in ci.get("basis", "") else ""
-    return f"{100 * ci['mean']:.1f} [{100 * ci['lo']:.1f}, {100 * ci['hi']:.1f}]{seeds_only}"
-
-
-def gain_text(ci: dict[str, Any] | None) -> str:
-    """A paired difference in points with its CI, '+12.3 [+8.1, +16.0]'; '–' where there is none."""
-    if ci is None:
-        return "–"
-    seeds_only = "†" if "only" in ci.get("basis", "") else ""
-    return f"{100 * ci['mean']:+.1f} [{100 * ci['lo']:+.1f}, {100 * ci['hi']:+.1f}]{seeds_only}"
+    f = "+.1f" if signed else ".1f"
+    return f"{100 * ci['mean']:{f}} [{100 * ci['lo']:{f}}, {100 * ci['hi']:{f}}]{seeds_only}"
 
 
 def reach_text(reach: list[float | None] | None) -> str:
@@ -244,7 +238,7 @@ def render_report(settings: dict[str, Any], records: list[dict[str, Any]], rows:
         std = "–" if r["test"][1] is None else f"{100 * r['test'][1]:.1f}"
         test, hard = (ci_text(r[c]) if r.get(c) else pct((r[k][0], None)) for c, k in (("test_ci", "test"),
                                                                                         ("hard_ci", "hard")))
-        gain = (f"{gain_text(r.get('gain_ci'))} | " if gains else "")
+        gain = (f"{ci_text(r.get('gain_ci'), signed=True)} | " if gains else "")
         lines.append(f"| {r['label']}{flag} | {r['n']} | {test} | {std} | {gain}{hard} | {pct(r['start'])} | "
                      f"{num(r['steps'])} | {num(r['time_s'])} | {num(r['cuda_mb'] if cuda else r['mem_mb'])} | "
                      f"{reach_text(r['reach'])} | {paper if paper is not None else '–'} |")

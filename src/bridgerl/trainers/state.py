@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from bridgerl.config import Config, ConfigError
+from bridgerl.config import LEAN_SHADOW_FSDP, Config, ConfigError
 from bridgerl.models.lora import attach_lora, split_params
 from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, Example, Task, TaskError
 from bridgerl.trainers.offload import FileAdamW, file_directory
@@ -168,8 +168,7 @@ def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engin
     sharded = wants_fsdp(cfg.train.sharding, dist.world)
     if sharded:
         if wants_shadow and cfg.bridge.lean_shadow:
-            raise ConfigError("bridge.lean_shadow=true keeps whole moments in a file and does not shard them; run "
-                              "it in one process, or shard without it (FSDP already divides thetahat's moments)")
+            raise ConfigError(LEAN_SHADOW_FSDP)
         shadow, ref, views = _shard(cfg, model, lora, wants_shadow)
         theta, lora = split_params(model)  # sharding replaced the parameter objects
     else:
