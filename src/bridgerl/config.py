@@ -338,6 +338,12 @@ class TrainConfig:
     # on the testbed; PRETRAINED_MICRO_BATCH rows on any other model, whose [rows x tokens x vocab]
     # logits would otherwise dominate memory (SmolLM2's 49k vocabulary: > 19 GB at 128 rollouts)
     micro_batch_size: int | None = None
+    # Padded tokens per forward/backward chunk: rows are sorted by length and packed into chunks of at
+    # most this many (prompt + completion) x rows, each trimmed to its own longest row (verl's dynamic
+    # batch size), so short completions stop paying for long ones. Exact up to float rounding. None =
+    # chunks of micro_batch_size rows in rollout order. On the testbed it cut bridge's RL pass from 0.59 to
+    # 0.42 s per step (one thread; 1024 and 4096 tokens measured alike).
+    micro_batch_tokens: int | None = 2048
     max_minutes: float | None = None  # stop after this wall time (equal-wall-clock comparisons)
     log_every: int = 1
     save_every: int = 0  # checkpoint every N steps (0 = off; see checkpoint_minutes)

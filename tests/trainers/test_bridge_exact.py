@@ -256,9 +256,13 @@ def test_parameter_groups_are_disjoint_and_cover_every_trainable_parameter(token
     assert opt_ptrs == {p.data_ptr() for n, p in st.model.named_parameters() if ".lora_" in n}
 
 
-def test_micro_batches_give_the_same_bridge_step(tokenizer):
-    a, _ = _bridge_state(tokenizer)
-    b, _ = _bridge_state(tokenizer, "train.micro_batch_size=1")
+@pytest.mark.parametrize("split", ["train.micro_batch_size=1", "train.micro_batch_tokens=12",
+                                   "train.micro_batch_tokens=null"])
+def test_micro_batches_give_the_same_bridge_step(tokenizer, split):
+    """Row chunks, length-packed and trimmed chunks (12 tokens: a few rows each, widths cut to their own
+    longest row) and rollout-order chunks all give the whole-batch update."""
+    a, _ = _bridge_state(tokenizer, "train.micro_batch_tokens=100000")
+    b, _ = _bridge_state(tokenizer, split)
     bridge_step(a)
     bridge_step(b)
     for group in ("theta", "shadow", "lora"):

@@ -29,16 +29,61 @@ class TokenBatch:
     def select(self, rows: slice | torch.Tensor) -> TokenBatch:
         return TokenBatch(*(getattr(self, f.name)[rows] for f in fields(self)))
 
-    def chunks(self, size: int | None) -> Iterator[TokenBatch]:
-        if not size or size >= len(self):
-            yield self
+    def micro_batches(self, rows: int | None, tokens: int | None) -> Iterator[tuple[slice | torch.Tensor, TokenBatch]]:
+        """(row index, micro-batch) pairs that cover the batch once; `row index` selects the micro-batch's
+        rows from any per-row tensor of the whole batch.
+
+        tokens None: consecutive chunks of `rows` rows (None = the whole batch), widths unchanged.
+        tokens N: rows sorted by real length and packed into micro-batches of at most N padded tokens
+        (and `rows` rows), each trimmed to its own longest prompt and completion, so that short rows
+        stop paying for long ones (verl's dynamic batch size). Padding is masked out of attention and
+        positions count real tokens only, so each row's log-probs are the same up to float rounding.
+        """
+        if tokens is None:
+            if not rows or rows >= len(self):
+                yield slice(0, len(self)), self
+                return
+            for start in range(0, len(self), rows):
+                part = slice(start, start + rows)
+                yield part, self.select(part)
             return
-        for start in range(0, len(self), size):
-            yield self.select(slice(start, start + size))
+        p_len, c_len = self.prompt_mask.sum(1), _real_width(self.completion_mask)
+        order = torch.argsort(p_len + c_len, stable=True).tolist()
+        group: list[int] = []
+        p_max = c_max = 0
+        for i in order:
+            p, c = int(p_len[i]), int(c_len[i])
+            width = max(p_max, p) + max(c_max, c)
+            if group and ((len(group) + 1) * width > tokens or (rows and len(group) >= rows)):
+                yield self._packed(group, p_max, c_max)
+                group, p_max, c_max = [], 0, 0
+            group.append(i)
+            p_max, c_max = max(p_max, p), max(c_max, c)
+        if group:
+            yield self._packed(group, p_max, c_max)
+
+    def _packed(self, group: list[int], p_width: int, c_width: int) -> tuple[torch.Tensor, TokenBatch]:
+        index = torch.tensor(group, dtype=torch.long, device=self.prompt_ids.device)
+        part = self.select(index)
+        P, C = self.prompt_ids.shape[1], max(1, c_width)
+        keep = slice(P - p_width, P)  # left padding: the real prompt tokens are the last ones
+        return index, TokenBatch(part.prompt_ids[:, keep], part.prompt_mask[:, keep],
+                                 part.completion_ids[:, :C], part.completion_mask[:, :C])
 
     @property
     def num_tokens(self) -> int:
         return int(self.completion_mask.sum())
+
+
+def _real_width(mask: torch.Tensor) -> torch.Tensor:
+    """[B] columns up to and including each row's last nonzero entry of a right-padded mask [B, C]."""
+    cols = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return ((mask != 0) * cols).amax(1) if mask.shape[1] else torch.zeros(mask.shape[0], dtype=torch.long)
+
+
+def widen(t: torch.Tensor, width: int, value: float = 0.0) -> torch.Tensor:
+    """[B, C'] -> [B, width] padded on the right with `value` (a trimmed micro-batch's per-token values)."""
+    return F.pad(t, (0, width - t.shape[1]), value=value)
 
 
 def from_rollout(rollout: Any) -> TokenBatch:

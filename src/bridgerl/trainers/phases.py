@@ -17,7 +17,7 @@ from bridgerl.algos import (PRESETS, chord_phi_weights, expert_token_stats, grou
                             policy_loss, sampler_importance_weights, sft_loss, zero_std_group_mask)
 from bridgerl.rollout.base import Rollout, SamplingParams
 from bridgerl.tasks.base import Example, render_prompt
-from bridgerl.trainers.batch import TokenBatch, encode_pairs, from_rollout, sequence_logprobs
+from bridgerl.trainers.batch import TokenBatch, encode_pairs, from_rollout, sequence_logprobs, widen
 from bridgerl.trainers.state import TrainState
 from bridgerl.models.lora import swapped
 from bridgerl.utils.sharding import is_sharded
@@ -162,24 +162,24 @@ def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str
     importance weight of pi_old against them (algos.importance; its metrics join the others).
     """
     cfg, p = st.cfg, preset(st)
-    batch, mb = rb.batch, cfg.train.micro_batch_size
+    batch = rb.batch
     # Normalisers count the whole batch over all ranks, so summed gradients equal the full-batch one.
     num_tokens, num_seqs = st.dist.sum(batch.num_tokens), st.dist.sum(len(batch))
     if not p["global_norm"]:  # per-micro-batch normalisation (bnpo): ranks' gradients are averaged
         scale = scale / st.dist.world
     max_len = cfg.rollout.max_new_tokens
     want_entropy = True
-    total, logps, sums = 0.0, [], {}
-    start = 0
-    for chunk in batch.chunks(mb):
-        rows = slice(start, start + len(chunk))
-        start += len(chunk)
+    width = batch.completion_ids.shape[1]
+    total, sums = 0.0, {}
+    logp_all: torch.Tensor | None = None  # [B, width], the rows in the batch's own order
+    for rows, chunk in batch.micro_batches(cfg.train.micro_batch_size, cfg.train.micro_batch_tokens):
+        C = chunk.completion_ids.shape[1]  # <= width: a length-packed micro-batch is trimmed
         # The entropy bonus needs the entropies' graph (memory: a float32 softmax per row); the metric does not.
         logp, entropy = _forward(st, chunk, params, want_entropy, entropy_grad=cfg.loss.entropy_coef != 0.0)
-        old = logp.detach() if old_logp is None else old_logp[rows]
+        old = logp.detach() if old_logp is None else old_logp[rows][:, :C]
         weights = None
         if rb.sampler_logp is not None:
-            weights, _ = importance_weights(st, old, rb.sampler_logp[rows], chunk.completion_mask)
+            weights, _ = importance_weights(st, old, rb.sampler_logp[rows][:, :C], chunk.completion_mask)
         ref_logp = None
         if st.ref is not None:
             with torch.no_grad():
@@ -198,12 +198,12 @@ def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str
         )
         (scale * loss).backward()
         total += loss.item()
-        logps.append(logp.detach())
+        if logp_all is None:
+            logp_all = logp.new_zeros((len(batch), width))
+        logp_all[rows] = widen(logp.detach(), width)
         weight = chunk.num_tokens
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + float(v) * weight
-    width = batch.completion_ids.shape[1]
-    logp_all = torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in logps])
     metrics = {k: v / max(1.0, num_tokens) for k, v in sums.items()}
     if rb.sampler_logp is not None:  # min / max need the whole batch, not micro-batch means
         old_all = logp_all if old_logp is None else old_logp
@@ -221,7 +221,7 @@ def sft_pass(st: TrainState, batch: TokenBatch, *, scale: float = 1.0, phi: bool
     """
     num_tokens = st.dist.sum(batch.num_tokens)
     total, sums = 0.0, {}
-    for chunk in batch.chunks(st.cfg.train.micro_batch_size):
+    for _, chunk in batch.micro_batches(st.cfg.train.micro_batch_size, st.cfg.train.micro_batch_tokens):
         logp, _ = sequence_logprobs(st.model, chunk)
         weights = chord_phi_weights(logp) if phi else None
         loss = sft_loss(logp, chunk.completion_mask, token_weights=weights, num_tokens=num_tokens)
