@@ -3,18 +3,26 @@
     python benchmarks/grpo_vs_trl.py                 # embedded model, CPU fp32, natural and forced lengths
     python benchmarks/grpo_vs_trl.py --lengths natural --steps 40
     python benchmarks/grpo_vs_trl.py --force-length  # forced lengths only
+    python benchmarks/grpo_vs_trl.py --config configs/smollm2-additions.yaml --sources \
+        --out benchmarks/results/grpo_vs_trl_smollm2.json   # SmolLM2 shapes + each source of gain alone
 
 What runs, side by side in one process:
 - ours: `bridgerl.trainers.loop.setup(cfg)` with recipe=grpo, each step `STEPS["grpo"](st)`;
 - TRL:  `trl.GRPOTrainer(...).train()` on a second copy of the same checkpoint (loaded with
   `bridgerl.models.loading.load`, so both get our tokenizer, pad and EOS tokens).
-Same workload: the arith task's rl_train prompts (`render_prompt`, the text both feed the
-model), 16 prompts x 8 completions per step, at most 48 new tokens, temperature 1, top_p 1, no
+Same workload: the config's task (--config; default the embedded testbed's arith task), its rl_train
+prompts (`render_prompt`, the text both feed the model, chat-templated where the task says so), its
+prompts x completions per step and new-token limit (testbed: 16 x 8, 48), temperature 1, top_p 1, no
 top-k, one AdamW update per batch (lr = our optim.lr, weight decay, betas, eps 1e-8, constant
-schedule, grad-norm clip 1.0), CPU fp32. TRL's reward function calls the same grader,
-`task.grade(example, completion)`: the dataset carries each prompt's index into rl_train, which
-TRL hands to the reward function as a column, so every completion is graded against its own
+schedule, grad-norm clip 1.0), CPU fp32. TRL's reward function calls the same rewards,
+`task.reward_batch(examples, completions)`: the dataset carries each prompt's index into rl_train,
+which TRL hands to the reward function as a column, so every completion is graded against its own
 example.
+
+--sources: ours alone, as configured and with each source of gain removed on its own (SOURCES: a
+reference model although the KL term is off, old log-probs recomputed although the batch is used
+once, a float32 log-softmax over the whole vocabulary, no length packing, a static KV cache), the
+variants taking turns step by step on one state; step time and per-step peak resident memory each.
 
 Lengths: a step's time follows the *longest* completion of its batch (generation runs until the
 last row stops, and both sides pad the training batch to it), and the two sides sample different
@@ -36,7 +44,7 @@ logging bookkeeping; one of ours is the wall time of `STEPS["grpo"](st)` plus `s
 (our loop's per-step metric logging is not included). Medians over the timed steps.
 
 TRL settings we had to choose (each recorded in the JSON under "trl_settings"):
-- per_device_train_batch_size=128: in TRL the batch counts completions (16 prompts x 8);
+- per_device_train_batch_size=prompts x completions (testbed: 128): in TRL the batch counts completions;
   gradient_accumulation_steps=1 and steps_per_generation=1 (so generation_batch_size=128) and
   num_iterations=1: every step generates fresh rollouts and makes exactly one update, and TRL
   skips its extra "old log-prob" forward (ratio 1, on-policy), as we do.
@@ -107,9 +115,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed steps of each (after the warm-up)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps of each")
     p.add_argument("--block", type=int, default=1, help="steps per interleaved block (divides --steps)")
-    p.add_argument("--prompts", type=int, default=16, help="prompts per step")
-    p.add_argument("--group", type=int, default=8, help="completions per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--config", default=None,
+                   help="a bridgerl config whose model, task, reward and shapes both sides use "
+                        "(e.g. configs/smollm2-additions.yaml); default: the embedded testbed")
+    p.add_argument("--prompts", type=int, default=None, help="prompts per step (default: the config's)")
+    p.add_argument("--group", type=int, default=None, help="completions per prompt (default: the config's)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the config's rollout.max_new_tokens")
     p.add_argument("--lr", type=float, default=None, help="default: our optim.lr")
     p.add_argument("--lengths", choices=("natural", "forced", "both"), default="both",
                    help="natural: stop at EOS; forced: exactly --max-new-tokens tokens (min_new_tokens); both")
@@ -117,13 +128,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1, see the docstring; 0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="embedded", help="model.name_or_path for both")
+    p.add_argument("--model", default=None, help="model.name_or_path for both (default: the config's)")
+    p.add_argument("--sources", action="store_true",
+                   help="also time ours with each source of gain removed on its own (see SOURCES), interleaved")
     p.add_argument("--out", default="benchmarks/results/grpo_vs_trl.json")
     args = p.parse_args(argv)
     if args.steps < 1 or args.block < 1 or args.steps % args.block:
         p.error("--steps must be a positive multiple of --block")
     if args.force_length:
         args.lengths = "forced"
+    cfg = load_config(args.config, ["recipe=grpo"])  # fill the shapes the command line left to the config
+    r = cfg.rollout
+    args.prompts = args.prompts or r.prompts_per_step
+    args.group = args.group or r.num_generations
+    args.max_new_tokens = args.max_new_tokens or r.max_new_tokens
+    args.model = args.model or cfg.model.name_or_path
     return args
 
 
@@ -140,7 +159,7 @@ def build_ours(args: argparse.Namespace, forced: bool):
                  "loss.preset=grpo", "loss.kl_coef=0.0", f"run.seed={args.seed}"]
     if args.lr is not None:
         overrides.append(f"optim.lr={args.lr}")
-    cfg = load_config(None, overrides)
+    cfg = load_config(args.config, overrides)
     st, task = setup(cfg)
     if forced:  # transformers' generate reads it from the model's generation config: no EOS before it
         st.model.generation_config.min_new_tokens = args.max_new_tokens
@@ -245,8 +264,8 @@ def run_mode(args: argparse.Namespace, forced: bool) -> dict[str, Any]:
         prompts = [render_prompt(task, e, tok) for e in examples]
         dataset = Dataset.from_dict({"prompt": prompts, "example_index": list(range(len(examples)))})
 
-        def arith_reward(prompts, completions, example_index, **_):
-            return [task.grade(examples[i], c) for i, c in zip(example_index, completions, strict=True)]
+        def task_reward(prompts, completions, example_index, **_):  # ours: task.reward_batch on the same rows
+            return task.reward_batch([examples[i] for i in example_index], list(completions))
 
         clock = _Clock()
 
@@ -295,7 +314,7 @@ def run_mode(args: argparse.Namespace, forced: bool) -> dict[str, Any]:
                             our_step(timed=True)
                 self.mark = time.perf_counter()
 
-        trainer = GRPOTrainer(model=model, reward_funcs=arith_reward, args=GRPOConfig(
+        trainer = GRPOTrainer(model=model, reward_funcs=task_reward, args=GRPOConfig(
             output_dir=tempfile.mkdtemp(prefix="bridgerl-trl-bench-"), **settings),
             train_dataset=dataset, processing_class=tok, callbacks=[Interleave()])
         clock.wrap(trainer, "_generate_single_turn", "generate")
@@ -350,6 +369,105 @@ def run_mode(args: argparse.Namespace, forced: bool) -> dict[str, Any]:
     return res
 
 
+# -- each source of gain on its own ------------------------------------------------------------------
+
+SOURCES = {
+    "ours": "as configured",
+    "with_reference_model": "a reference copy of the weights and its forward per micro-batch (KL coefficient "
+                            "1e-12), as any trainer that keeps a reference model when the KL term is off",
+    "recompute_old_logp": "an extra no-grad forward for the old log-probs, although the batch is used once",
+    "full_vocab_logprobs": "log-probs through a float32 log-softmax of the whole [rows x tokens x vocab] "
+                           "logits (ours: one row's logsumexp at a time)",
+    "no_length_packing": "train.micro_batch_tokens=null: micro-batches in rollout order, padded to the "
+                         "longest completion of the batch",
+    "static_cache": "rollout.hf_cache_implementation=static (preallocated KV cache, no compile)",
+}
+
+
+@contextlib.contextmanager
+def _without(st: Any, source: str):
+    """Our state with one source of gain removed for the duration of a step."""
+    from bridgerl.trainers import batch as batch_mod
+    from bridgerl.trainers import phases, recipes
+
+    cfg, undo = st.cfg, []
+    if source == "with_reference_model":
+        st.ref = {n: p.detach().clone() for n, p in st.theta.items()}
+        old_kl, cfg.loss.kl_coef = cfg.loss.kl_coef, 1e-12
+        undo.append(lambda: (setattr(st, "ref", None), setattr(cfg.loss, "kl_coef", old_kl)))
+    elif source == "recompute_old_logp":
+        plain = recipes.rl_pass
+
+        def rl_pass(st_, rb, **kw):
+            if kw.get("old_logp") is None and kw.get("params") is None:
+                width = rb.batch.completion_ids.shape[1]
+                old = torch.zeros(rb.batch.completion_ids.shape)
+                with torch.no_grad():
+                    for rows, part in rb.batch.micro_batches(cfg.train.micro_batch_size, cfg.train.micro_batch_tokens):
+                        old[rows] = batch_mod.widen(phases._forward(st_, part, None, False)[0], width)
+                kw["old_logp"] = old
+            return plain(st_, rb, **kw)
+
+        recipes.rl_pass = rl_pass
+        undo.append(lambda: setattr(recipes, "rl_pass", plain))
+    elif source == "full_vocab_logprobs":
+        plain = batch_mod.token_logprobs
+        batch_mod.token_logprobs = lambda logits, tokens: torch.log_softmax(logits.float(), -1).gather(
+            -1, tokens.long().unsqueeze(-1)).squeeze(-1)
+        undo.append(lambda: setattr(batch_mod, "token_logprobs", plain))
+    elif source == "no_length_packing":
+        tokens, cfg.train.micro_batch_tokens = cfg.train.micro_batch_tokens, None
+        undo.append(lambda: setattr(cfg.train, "micro_batch_tokens", tokens))
+    elif source == "static_cache":
+        impl, st.engine.cache_implementation = st.engine.cache_implementation, "static"
+        undo.append(lambda: setattr(st.engine, "cache_implementation", impl))
+    elif source != "ours":
+        raise ValueError(source)
+    try:
+        yield
+    finally:
+        for fn in undo:
+            fn()
+
+
+def run_sources(args: argparse.Namespace) -> dict[str, Any]:
+    """Ours as configured and with each source of gain removed on its own: one state, the variants
+    taking turns step by step (after one untimed round), so that drift in the weights, the lengths
+    and the machine's load reach all alike. Peak memory per step from the process's VmHWM, reset
+    before each step (Linux); the model and its optimizer state are in every figure."""
+    from bridgerl.report.compare import _reset_peak_memory, _vm_hwm_mb
+    from bridgerl.trainers.recipes import STEPS
+
+    cfg, st, _ = build_ours(args, forced=False)
+    out: dict[str, Any] = {k: {"what": v, "step_s": [], "peak_mb": [], "mean_length": [], "phases": []}
+                           for k, v in SOURCES.items()}
+    for round_ in range(args.warmup + args.steps):
+        for source, rec in out.items():
+            with _without(st, source):
+                _reset_peak_memory()
+                t0 = time.perf_counter()
+                metrics = STEPS["grpo"](st)
+                dt = time.perf_counter() - t0
+                phases = st.timer.pop()
+                peak = _vm_hwm_mb()
+            st.step += 1
+            if round_ >= args.warmup:
+                rec["step_s"].append(dt)
+                rec["peak_mb"].append(peak)
+                rec["mean_length"].append(metrics["completions/mean_length"])
+                rec["phases"].append(phases)
+    for rec in out.values():
+        rec["median_step_s"] = median(rec["step_s"])
+        rec["max_peak_mb"] = max(rec["peak_mb"]) if rec["peak_mb"] and None not in rec["peak_mb"] else None
+        phases = rec.pop("phases")
+        rec["phase_medians_s"] = {k.removeprefix("time/"): median([p.get(k, 0.0) for p in phases])
+                                  for k in sorted({k for p in phases for k in p})}
+    base = out["ours"]["median_step_s"]
+    for rec in out.values():
+        rec["step_over_ours"] = rec["median_step_s"] / base if base else None
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads > 0:
@@ -363,17 +481,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trl_version = trl_pkg.__version__
     except Exception as exc:  # noqa: BLE001 - recorded, run_mode reports the failure per mode
         trl_version = f"not importable: {exc}"
-    cfg = load_config(None, ["recipe=grpo", *([f"optim.lr={args.lr}"] if args.lr is not None else [])])
+    cfg = load_config(args.config, ["recipe=grpo", *([f"optim.lr={args.lr}"] if args.lr is not None else [])])
     modes = ["natural", "forced"] if args.lengths == "both" else [args.lengths]
     head = "forced" if "forced" in modes else modes[0]
     report: dict[str, Any] = {
-        "model": args.model, "device": "cpu", "dtype": "float32",
+        "config": args.config or "embedded testbed", "model": args.model, "device": "cpu", "dtype": "float32",
         "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version},
         "steps": args.steps, "warmup_steps": args.warmup, "block": args.block,
         "prompts_per_step": args.prompts, "num_generations": args.group, "max_completion_length": args.max_new_tokens,
         "temperature": 1.0, "lr": cfg.optim.lr, "optimizer": "AdamW", "weight_decay": cfg.optim.weight_decay,
-        "max_grad_norm": cfg.optim.max_grad_norm,
+        "max_grad_norm": cfg.optim.max_grad_norm, "micro_batch_size": cfg.train.micro_batch_size,
+        "micro_batch_tokens": cfg.train.micro_batch_tokens,
         "loss_aggregation": "token mean over the batch (ours: grpo preset; TRL: loss_type=dapo)",
         "seed": args.seed, "lengths_run": modes, "headline_lengths": head,
     }
@@ -387,6 +506,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if key in top:
             report[key] = top[key]
     report.update(results)
+    if args.sources:
+        print(f"[sources] ours with each source of gain removed, {args.warmup} + {args.steps} steps each",
+              file=sys.stderr, flush=True)
+        report["sources"] = run_sources(args)
     report["torch_threads_at_end"] = torch.get_num_threads()
     load_end = load_avg()
     report["load_avg"] = {"start_1_5_15min": load_start, "end_1_5_15min": load_end}

@@ -294,7 +294,9 @@ class BridgeConfig:
     # default: with shared rollouts the shadow fell to 0% from the first evaluation (docs/decisions.md)
     shadow_rollouts: str = "own"
     # the memory-lean shadow (issue #13): thetahat's AdamW moments live in a temporary file ($TMPDIR),
-    # mapped one parameter at a time for its update (trainers/offload.py); the same update bit for bit
+    # mapped one parameter at a time for its update; with own rollouts on the CPU, theta's and thetahat's
+    # weights live in file mappings too, each paged out while the other copy samples and trains, so one
+    # copy is resident at the peak (trainers/offload.py). The same update bit for bit
     lean_shadow: bool = False
 
 

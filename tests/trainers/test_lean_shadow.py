@@ -1,4 +1,5 @@
-"""The lean shadow (bridge.lean_shadow): thetahat's AdamW moments in a file, the same update bit for bit."""
+"""The lean shadow (bridge.lean_shadow): thetahat's AdamW moments in a file and both weight copies in file
+mappings paged out in turn; the same update bit for bit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from bridgerl.config import ConfigError
 from bridgerl.config_load import load_config
-from bridgerl.trainers.offload import FileAdamW
+from bridgerl.trainers.offload import FileAdamW, FileBacked
 from bridgerl.trainers.recipes import bridge_step
 from bridgerl.trainers.state import build_state
 from bridgerl.utils.memory import held_mb
@@ -84,6 +85,7 @@ def test_bridge_with_the_lean_shadow_moves_theta_thetahat_and_w_exactly_as_witho
     plain = _state(tokenizer, f"bridge.shadow_rollouts={rollouts}")
     lean = _state(tokenizer, f"bridge.shadow_rollouts={rollouts}", "bridge.lean_shadow=true")
     assert isinstance(lean.optimizers["shadow"], FileAdamW) and not isinstance(plain.optimizers["shadow"], FileAdamW)
+    assert set(lean.paged) == ({"theta", "shadow"} if rollouts == "own" else set()) and not plain.paged
     start = {n: p.detach().clone() for n, p in plain.shadow.items()}
     for step in range(3):
         for st in (plain, lean):
@@ -94,6 +96,26 @@ def test_bridge_with_the_lean_shadow_moves_theta_thetahat_and_w_exactly_as_witho
         pairs = list(zip(plain.group_params(group), lean.group_params(group)))
         assert pairs and all(torch.equal(x, y) for x, y in pairs), group
     assert max((plain.shadow[n] - start[n]).abs().max().item() for n in start) > 1e-3  # thetahat did move
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_file_backed_weights_leave_resident_memory_when_paged_out_and_keep_their_values():
+    weight = torch.nn.Parameter(torch.randn(64, 2**18))  # 64 MiB
+    value = weight.detach().clone()
+    pages = FileBacked([weight])
+    weight.data.add_(1.0)  # every page touched (resident), through the parameter
+    before = _rss_mb()
+    pages.page_out()
+    assert before - _rss_mb() > 48
+    assert torch.equal(weight.detach(), value + 1.0)  # faulted back from the file, updates kept
+    assert isinstance(weight, torch.nn.Parameter) and weight.requires_grad
 
 
 def test_the_lean_shadow_is_refused_with_sharding_in_one_line():

@@ -1,4 +1,5 @@
-"""The lean shadow's optimizer (bridge.lean_shadow, issue #13): torch's AdamW with its moments in a file.
+"""The lean shadow (bridge.lean_shadow, issue #13): thetahat's AdamW moments in a file, and theta's and
+thetahat's weights in file mappings that are resident only while they are used.
 
 The paper names the full shadow copy thetahat as BRIDGE's cost at scale. Of what thetahat adds, its
 AdamW moments (exp_avg, exp_avg_sq) are the largest part: two more copies of the weights, in memory
@@ -8,6 +9,14 @@ so at most one parameter's moments are resident at a time; the operating system'
 it may evict to disk) holds the rest. The arithmetic is torch's own AdamW, called on one parameter at
 a time, so the update is the same bit for bit as `torch.optim.AdamW` on the CPU (single-tensor path;
 tests/trainers/test_lean_shadow.py). Cost: each step reads and writes the moments once.
+
+`FileBacked` moves a set of weights into one shared mapping of an unnamed temporary file: the tensors
+keep their identity (parameters, optimizer references, views in a model), only their storage moves.
+`page_out()` drops the mapping from this process's resident memory (madvise MADV_DONTNEED: in a shared
+file mapping the data stay in the file and the page cache), and the next read or write faults the pages
+back. A BRIDGE step with its own shadow rollouts uses the two copies one after the other (thetahat
+samples, passes and steps; then theta's pass 1 and step), so each copy is paged out while the other
+trains and one copy of the weights is resident at the peak, as in GRPO. The numbers are untouched.
 
 A file in an in-memory /tmp (tmpfs) saves nothing: set TMPDIR to a folder on disk there.
 """
@@ -132,6 +141,32 @@ class FileAdamW(torch.optim.AdamW):
                 f.close()
             except OSError:
                 pass
+
+
+class FileBacked:
+    """CPU tensors whose storage is one shared mapping of an unnamed temporary file (see the module
+    docstring); `page_out()` takes them out of resident memory until they are next touched."""
+
+    def __init__(self, tensors: list[torch.Tensor], directory: str | None = None) -> None:
+        slots, end = [], 0
+        for t in tensors:
+            if t.device.type != "cpu":
+                raise ValueError(f"FileBacked holds CPU tensors; got one on {t.device}")
+            slots.append(end)
+            end += _aligned(t.numel() * t.element_size())
+        self._file = tempfile.TemporaryFile(dir=directory)  # unnamed: gone when the process ends
+        self._file.truncate(max(end, 1))
+        self._mm = mmap.mmap(self._file.fileno(), max(end, 1))  # MAP_SHARED: writes reach the file
+        self.nbytes = end
+        with torch.no_grad():
+            for t, offset in zip(tensors, slots):
+                view = torch.frombuffer(self._mm, dtype=t.dtype, count=t.numel(), offset=offset).view(t.shape)
+                view.copy_(t)
+                t.data = view  # the same tensor object (parameter, optimizer entry), its storage in the file
+
+    def page_out(self) -> None:
+        """Drop the pages from this process's memory; the data stay in the file (page cache)."""
+        self._mm.madvise(mmap.MADV_DONTNEED)
 
 
 def file_directory() -> str | None:

@@ -154,6 +154,7 @@ def bridge_step(st: TrainState) -> Metrics:
     own = st.shadow is not None and cfg.bridge.shadow_rollouts == "own"
 
     if own:  # thetahat + w samples the same prompts itself: J_RL(thetahat, w) on its own policy
+        st.page_out("theta")  # lean shadow: theta's weights leave memory until pass 1 touches them
         sm: Metrics = {}
         with policy(st, shadow=True):
             rb_hat = rl_batch(st, sm, examples)
@@ -161,6 +162,7 @@ def bridge_step(st: TrainState) -> Metrics:
         m["bridge/reward_gain"] = m["reward"] - sm["reward"]  # J_RL(theta, w) - J_RL(thetahat, w), rewards
         g2 = shadow_pass(st, rb_hat, None, m)  # pass 2: grad L_RL(thetahat, w)
         optimizer_step(st, ("shadow",), m)
+        st.page_out("shadow")  # and thetahat's until its next use
 
     with st.timer("sft_fwd_bwd"):  # pass 1, SFT term: (1 - lam) grad L_SFT(theta, w)
         m["loss/sft"] = sft_pass(st, batch, scale=1.0 - lam, metrics=m)

@@ -14,7 +14,7 @@ from torch.func import functional_call
 from bridgerl.config import LEAN_SHADOW_FSDP, Config, ConfigError
 from bridgerl.models.lora import attach_lora, split_params
 from bridgerl.tasks.base import RL_TRAIN, SFT_TRAIN, Example, Task, TaskError
-from bridgerl.trainers.offload import FileAdamW, file_directory
+from bridgerl.trainers.offload import FileAdamW, FileBacked, file_directory
 from bridgerl.utils.distributed import Dist
 from bridgerl.utils.sharding import copy_with_shared, shard_module, wants_fsdp
 from bridgerl.utils.timers import PhaseTimer
@@ -80,6 +80,13 @@ class TrainState:
     # whose parameters are the `shadow` / `ref` dicts above.
     views: dict[str, nn.Module] = field(default_factory=dict)
     sharded: bool = False
+    # bridge.lean_shadow on the CPU: "theta" and "shadow" weights in file mappings (trainers/offload.py)
+    paged: dict[str, FileBacked] = field(default_factory=dict)
+
+    def page_out(self, group: str) -> None:
+        """Take a file-backed group's weights out of resident memory until next used (else nothing)."""
+        if group in self.paged:
+            self.paged[group].page_out()
 
     def forward_module(self, params: dict[str, torch.Tensor] | None) -> nn.Module:
         """The module that computes pi with `params` (None: theta + w; the shadow or ref dicts)."""
@@ -181,6 +188,11 @@ def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engin
             ref = {n: p.detach().clone() for n, p in theta.items()}
             ref.update({n: torch.zeros_like(p) for n, p in lora.items() if ".lora_B." in n})  # w = 0 at start
 
+    paged = {}
+    if (shadow is not None and not sharded and cfg.bridge.lean_shadow and cfg.bridge.shadow_rollouts == "own"
+            and dist.device.type == "cpu"):  # each copy resident only while it is used (trainers/offload.py)
+        paged = {g: FileBacked(list(params.values()), file_directory()) for g, params in (("theta", theta),
+                                                                                          ("shadow", shadow))}
     optimizers = {"theta": _optimizer(list(theta.values()), cfg.optim.lr, cfg)}
     if lora:
         optimizers["lora"] = _optimizer(list(lora.values()), cfg.optim.lora_lr, cfg)
@@ -202,7 +214,7 @@ def build_state(cfg: Config, task: Task, model: nn.Module, tokenizer: Any, engin
         rl_examples=rl, sft_examples=sft,
         rl_sampler=Sampler(len(rl), seed) if rl else None,
         sft_sampler=Sampler(len(sft), seed + 1) if sft else None,
-        dist=dist, views=views, sharded=sharded,
+        dist=dist, views=views, sharded=sharded, paged=paged,
     )
     if sharded and hasattr(engine, "synced"):
         engine.synced = True
