@@ -131,6 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model.name_or_path for both (default: the config's)")
     p.add_argument("--sources", action="store_true",
                    help="also time ours with each source of gain removed on its own (see SOURCES), interleaved")
+    p.add_argument("--no-trl", action="store_true", help="with --sources: only the sources (no TRL modes)")
     p.add_argument("--out", default="benchmarks/results/grpo_vs_trl.json")
     args = p.parse_args(argv)
     if args.steps < 1 or args.block < 1 or args.steps % args.block:
@@ -483,7 +484,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trl_version = f"not importable: {exc}"
     cfg = load_config(args.config, ["recipe=grpo", *([f"optim.lr={args.lr}"] if args.lr is not None else [])])
     modes = ["natural", "forced"] if args.lengths == "both" else [args.lengths]
-    head = "forced" if "forced" in modes else modes[0]
+    if args.no_trl:
+        modes = []
+    head = "forced" if "forced" in modes else (modes or ["none"])[0]
     report: dict[str, Any] = {
         "config": args.config or "embedded testbed", "model": args.model, "device": "cpu", "dtype": "float32",
         "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
@@ -500,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for mode in modes:
         print(f"[{mode}] ours vs TRL, {args.warmup} + {args.steps} steps each", file=sys.stderr, flush=True)
         results[mode] = run_mode(args, forced=mode == "forced")
-    top = results[head]
+    top = results.get(head, {})
     for key in ("ours_step_s", "trl_step_s", "ratio_trl_over_ours", "ratio_trl_over_ours_paired_median",
                 "ours_phase_medians_s", "trl_phase_medians_s", "trl_error"):
         if key in top:

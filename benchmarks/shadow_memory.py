@@ -13,10 +13,12 @@ loading the model.
 
 Variants, each candidate saving on its own and then together: grpo; bridge (the defaults: thetahat's
 AdamW moments in memory, LoRA trained through merged weights); bridge-lean (bridge.lean_shadow=true:
-thetahat's moments in a file, mapped one parameter at a time); bridge+unmerged_lora (lora.merged=false:
+thetahat's moments in a file, mapped one parameter at a time, and, since 7cd97fc, theta's and thetahat's
+weights in file mappings, each paged out while the other copy works); bridge+unmerged_lora (lora.merged=false:
 B(A(x)) added to the base layer's output, no merged copy of each weight held until backward);
 bridge-lean+unmerged_lora (both). benchmarks/results/shadow_memory.json holds the measured figures.
-Written to benchmarks/results/shadow_memory.json.
+Written to benchmarks/results/shadow_memory.json. glibc's MALLOC_* settings in the environment (the
+children inherit them) are recorded with the figures: they decide how much freed memory stays resident.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def main() -> None:
         print(f"{v:12s} peak {r['peak_rss_mb']:7.0f} MB  by phase " +
               ", ".join(f"{k} {x:.0f}" for k, x in r["peak_rss_by_phase_mb"].items()), flush=True)
     by = {r["variant"]: r for r in results}
-    summary = {"config": ns.config, "overrides": ns.override, "steps": ns.steps, "runs": results}
+    summary = {"config": ns.config, "overrides": ns.override, "steps": ns.steps,
+               "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}, "runs": results}
     if "grpo" in by:
         summary["ratio_to_grpo"] = {v: by[v]["peak_rss_mb"] / by["grpo"]["peak_rss_mb"] for v in by if v != "grpo"}
         print("peak / grpo's: " + ", ".join(f"{k} {x:.2f}x" for k, x in summary["ratio_to_grpo"].items()))
