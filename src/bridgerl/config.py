@@ -346,6 +346,11 @@ class TrainConfig:
     # chunks of micro_batch_size rows in rollout order. On the testbed it cut bridge's RL pass from 0.59 to
     # 0.42 s per step (one thread; 1024 and 4096 tokens measured alike).
     micro_batch_tokens: int | None = 2048
+    # glibc (Linux): give freed tensors back to the OS at once (utils/memory.return_freed_memory: a fixed
+    # 64 KiB mmap threshold, heap trimmed when free). By default glibc keeps much of what a step frees,
+    # which on SmolLM2 held 1-2 GB more resident than the tensors alive (docs/decisions.md, "A
+    # memory-lean shadow"). No effect elsewhere.
+    return_freed_memory: bool = False
     max_minutes: float | None = None  # stop after this wall time (equal-wall-clock comparisons)
     log_every: int = 1
     save_every: int = 0  # checkpoint every N steps (0 = off; see checkpoint_minutes)

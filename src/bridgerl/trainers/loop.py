@@ -34,7 +34,7 @@ from bridgerl.utils.distributed import init_distributed
 from bridgerl.utils.checkpoint import PREFIX, complete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from bridgerl.utils.interrupt import RunInterrupted, StopRequest
 from bridgerl.utils.logging import MetricLogger, NullLogger, quiet_transformers
-from bridgerl.utils.memory import held_mb, peak_cuda_mb, peak_rss_mb
+from bridgerl.utils.memory import held_mb, peak_cuda_mb, peak_rss_mb, return_freed_memory
 from bridgerl.utils.progress import progress_display
 from bridgerl.utils.rundir import INTERRUPTED, Start, plan_start
 from bridgerl.utils.seed import seed_everything
@@ -171,6 +171,8 @@ def save_outputs(st: TrainState, run_dir: Path | None) -> None:
 
 def setup(cfg: Config) -> tuple[TrainState, Task]:
     """Everything that can reject user input, before any file is written."""
+    if cfg.train.return_freed_memory:  # before the model's tensors are allocated
+        return_freed_memory()
     dist = init_distributed()
     quiet_transformers()
     seed_everything(cfg.run.seed + dist.rank)  # ranks sample different rollouts; rank 0 = one process

@@ -16,6 +16,27 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def return_freed_memory(mmap_threshold: int = 65536) -> bool:
+    """Tell glibc to give freed memory back to the OS at once: blocks of >= `mmap_threshold` bytes are
+    mapped and unmapped on their own (a fixed threshold: glibc otherwise raises it to the largest block
+    freed, up to 32 MiB, and serves later tensors from a heap it keeps), and the heap's top is trimmed
+    whenever it is free. The same as MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0 in the
+    environment, for allocations made after the call. False where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, 0))
+
+
 def peak_cuda_mb() -> float | None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**20
