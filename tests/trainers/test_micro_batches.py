@@ -38,7 +38,9 @@ def test_packed_micro_batches_hold_at_most_micro_batch_size_rows(tokenizer):
 def test_packed_rows_are_sorted_by_length_so_short_rows_travel_together(tokenizer):
     batch = _batch(tokenizer)
     rows, first = next(iter(batch.micro_batches(2, 10_000)))
-    assert set(rows.tolist()) == {2, 5} or first.completion_ids.shape[1] < batch.completion_ids.shape[1] / 2
+    assert set(rows.tolist()) == {0, 2}  # "1+2" -> "3" and "7" -> "#7", the two shortest rows
+    assert first.prompt_ids.shape[1] < batch.prompt_ids.shape[1] / 2
+    assert first.completion_ids.shape[1] < batch.completion_ids.shape[1] / 4
 
 
 def test_packed_log_probs_equal_the_whole_batch_ones(tokenizer):

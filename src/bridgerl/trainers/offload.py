@@ -157,7 +157,6 @@ class FileBacked:
         self._file = tempfile.TemporaryFile(dir=directory)  # unnamed: gone when the process ends
         self._file.truncate(max(end, 1))
         self._mm = mmap.mmap(self._file.fileno(), max(end, 1))  # MAP_SHARED: writes reach the file
-        self.nbytes = end
         with torch.no_grad():
             for t, offset in zip(tensors, slots):
                 view = torch.frombuffer(self._mm, dtype=t.dtype, count=t.numel(), offset=offset).view(t.shape)
