@@ -111,6 +111,38 @@ def test_static_cache_gives_the_same_greedy_tokens_as_dynamic(tok):
     assert torch.equal(dynamic.completion_mask, static.completion_mask)
 
 
+def test_shared_prefill_samples_the_same_tokens_as_repeating_each_prompt(tok):
+    # left padding and RoPE positions, the rows' order (prompt i owns rows i*n .. i*n+n-1) and the
+    # random stream must all match generate's own num_return_sequences path
+    model = tiny_llama(tok, seed=6)
+    with torch.no_grad():  # sharp logits, so that any change in a row's context changes its samples
+        for p in model.parameters():
+            p.mul_(10.0 if p.dim() > 1 else 1.0)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, n=4)
+    torch.manual_seed(0)
+    shared = HFEngine(model, tok).generate(PROMPTS, params)
+    torch.manual_seed(0)
+    repeated = HFEngine(model, tok, share_prefill=False).generate(PROMPTS, params)
+    assert len({tuple(r) for r in shared.completion_ids.tolist()}) > 4  # samples differ within groups
+    assert torch.equal(shared.completion_ids, repeated.completion_ids)
+    assert torch.equal(shared.completion_mask, repeated.completion_mask)
+    assert torch.equal(shared.prompt_ids, repeated.prompt_ids)
+
+
+def test_shared_prefill_runs_each_prompt_through_the_model_once(tok):
+    model = tiny_llama(tok, seed=6)
+    shapes: list[tuple[int, int]] = []
+    model.model.embed_tokens.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    ids, _ = encode_left_padded(tok, PROMPTS)
+    P = ids.shape[1]
+    HFEngine(model, tok).generate(PROMPTS, SamplingParams(max_new_tokens=3, temperature=1.0, n=4))
+    assert shapes[0] == (3, P - 1)  # the prompts, once each, but their last token
+    assert all(rows == 12 and width == 1 for rows, width in shapes[1:])  # then one token per row and step
+    shapes.clear()
+    HFEngine(model, tok, share_prefill=False).generate(PROMPTS, SamplingParams(max_new_tokens=3, temperature=1.0, n=4))
+    assert shapes[0] == (12, P)  # generate's own path: every prompt 4 times
+
+
 def test_generate_leaves_the_training_mode_as_it_was(tok):
     model = tiny_llama(tok).train()
     HFEngine(model, tok).generate(PROMPTS[:1], SamplingParams(max_new_tokens=2, temperature=0.0))
@@ -120,7 +152,10 @@ def test_generate_leaves_the_training_mode_as_it_was(tok):
 def test_from_config_reads_the_rollout_options_and_rejects_compile_without_static_cache(tok):
     model = tiny_llama(tok)
     cfg = Config()
-    assert HFEngine.from_config(cfg, model, tok).cache_implementation == "dynamic"  # today's behaviour
+    engine = HFEngine.from_config(cfg, model, tok)
+    assert (engine.cache_implementation, engine.share_prefill) == ("dynamic", True)  # the defaults
+    cfg.rollout.hf_share_prefill = False
+    assert not HFEngine.from_config(cfg, model, tok).share_prefill
     cfg.rollout.hf_cache_implementation, cfg.rollout.hf_compile = "static", True
     engine = HFEngine.from_config(cfg, model, tok)
     assert (engine.cache_implementation, engine.compile) == ("static", True)

@@ -1,5 +1,10 @@
 """Rollouts with transformers' own `generate` (KV cache, left padding): CPU, tests, small GPUs.
 
+Sampling n completions per prompt prefills each prompt once and gives its n rows copies of its KV
+cache (rollout.hf_share_prefill, on by default): transformers' `num_return_sequences` would repeat
+every prompt n times first and prefill each copy. The sampled tokens are the same either way, up to
+float rounding; the prompt's forward costs 1/n. vLLM does the same with prefix caching.
+
 Two opt-in speed knobs (rollout.hf_cache_implementation, rollout.hf_compile; defaults keep the
 plain dynamic-cache eager path): a static KV cache preallocated to prompt + max_new_tokens, and
 `torch.compile` of the per-token decode forward, which transformers only does on a static cache.
@@ -8,6 +13,7 @@ plain dynamic-cache eager path): a static KV cache preallocated to prompt + max_
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -42,7 +48,7 @@ class HFEngine:
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, cache_implementation: str = "dynamic",
-                 compile: bool = False) -> None:
+                 compile: bool = False, share_prefill: bool = True) -> None:
         if cache_implementation not in CACHE_IMPLEMENTATIONS:
             raise ValueError(f"cache_implementation={cache_implementation!r}; choose one of {CACHE_IMPLEMENTATIONS}")
         if compile and cache_implementation != "static":
@@ -57,6 +63,9 @@ class HFEngine:
         self.synced = False
         self.cache_implementation = cache_implementation
         self.compile = compile
+        # the prompt's KV cache computed once per prompt (with the dynamic cache: a static one is
+        # allocated by generate itself)
+        self.share_prefill = share_prefill
         self.eos_ids = stop_token_ids(model, tokenizer)
 
     @classmethod
@@ -70,7 +79,8 @@ class HFEngine:
                               f"choose one of: {', '.join(CACHE_IMPLEMENTATIONS)}")
         if r.hf_compile and r.hf_cache_implementation != "static":
             raise ConfigError("rollout.hf_compile=true needs rollout.hf_cache_implementation=static")
-        return cls(model, tokenizer, cache_implementation=r.hf_cache_implementation, compile=r.hf_compile)
+        return cls(model, tokenizer, cache_implementation=r.hf_cache_implementation, compile=r.hf_compile,
+                   share_prefill=r.hf_share_prefill)
 
     def sync(self, model: torch.nn.Module) -> None:  # the live module is the policy
         self.model = model
@@ -78,6 +88,27 @@ class HFEngine:
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.model.parameters()).device
         return encode_left_padded(self.tokenizer, prompts, device)
+
+    def _shared_prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int
+                        ) -> dict[str, Any] | None:
+        """generate's inputs for n samples of each prompt, with every prompt token but the last
+        already in a KV cache computed once per prompt and repeated n times (rows i*n .. i*n+n-1,
+        num_return_sequences' order). generate runs the last prompt token itself, which gives the
+        first sampled token's logits. Position ids follow generate's own rule for left padding.
+        None where the model's cache cannot be repeated (the caller then lets generate repeat)."""
+        params = inspect.signature(self.model.forward).parameters
+        key = "cache" if "cache" in params else "past_key_values"  # the name in transformers >= 5.x
+        prefix_ids, prefix_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
+        position_ids = (prefix_mask.long().cumsum(-1) - 1).masked_fill(prefix_mask == 0, 0)
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the prefix's logits are unused
+        out = self.model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=position_ids,
+                         use_cache=True, **keep)
+        cache = out[key]
+        if not hasattr(cache, "batch_repeat_interleave"):  # a legacy tuple cache (older transformers)
+            return None
+        cache.batch_repeat_interleave(n)
+        return {"input_ids": prompt_ids.repeat_interleave(n, dim=0),
+                "attention_mask": prompt_mask.repeat_interleave(n, dim=0), key: cache}
 
     def _cache_flags(self) -> dict[str, Any]:
         if self.cache_implementation == "dynamic":
@@ -109,11 +140,13 @@ class HFEngine:
         self.model.eval()
         try:
             with merge_cache(self.model), gathered(self.model):
+                inputs = {"input_ids": prompt_ids, "attention_mask": prompt_mask, "num_return_sequences": n_sampled}
+                if (self.share_prefill and self.cache_implementation == "dynamic" and n_sampled > 1
+                        and prompt_ids.shape[1] > 1):
+                    inputs = self._shared_prefill(prompt_ids, prompt_mask, n_sampled) or inputs
                 out = self.model.generate(
-                    input_ids=prompt_ids,
-                    attention_mask=prompt_mask,
+                    **inputs,
                     max_new_tokens=params.max_new_tokens,
-                    num_return_sequences=n_sampled,
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=sorted(self.eos_ids),
                     use_cache=True,
