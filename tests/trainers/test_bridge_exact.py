@@ -260,14 +260,44 @@ def test_parameter_groups_are_disjoint_and_cover_every_trainable_parameter(token
                                    "train.micro_batch_tokens=null"])
 def test_micro_batches_give_the_same_bridge_step(tokenizer, split):
     """Row chunks, length-packed and trimmed chunks (12 tokens: a few rows each, widths cut to their own
-    longest row) and rollout-order chunks all give the whole-batch update."""
-    a, _ = _bridge_state(tokenizer, "train.micro_batch_tokens=100000")
-    b, _ = _bridge_state(tokenizer, split)
+    longest row) and rollout-order chunks all give the whole-batch update. (Prompts are not shared
+    here: a one-row chunk has no other row to share with, and sharing changes the rounding.)"""
+    a, _ = _bridge_state(tokenizer, "train.micro_batch_tokens=100000", "train.share_prompts=false")
+    b, _ = _bridge_state(tokenizer, split, "train.share_prompts=false")
     bridge_step(a)
     bridge_step(b)
     for group in ("theta", "shadow", "lora"):
         for n, p in getattr(a, group).items():
             torch.testing.assert_close(p, getattr(b, group)[n], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("extra", [(), ("lora.merged=false",), ("train.micro_batch_tokens=40",)])
+def test_shared_prompt_passes_give_the_same_bridge_step(tokenizer, extra):
+    """Each prompt run once for its group's rows (its KV cache indexed out to them), in theta + w's RL
+    pass and the shadow's, is the update of running every row whole, up to float rounding."""
+    from bridgerl.trainers import batch as batch_mod
+
+    a, _ = _bridge_state(tokenizer, "train.share_prompts=false", *extra)
+    b, _ = _bridge_state(tokenizer, "train.share_prompts=true", *extra)
+    shared, plain = [], batch_mod.shared_prompt_logits
+
+    def spy(*args):
+        out = plain(*args)
+        shared.append(out is not None)
+        return out
+
+    batch_mod.shared_prompt_logits = spy
+    try:
+        bridge_step(a)
+        assert not shared  # the plain passes never try
+        bridge_step(b)
+    finally:
+        batch_mod.shared_prompt_logits = plain
+    # theta + w's RL pass and the shadow's; packed micro-batches of 40 tokens hold a few rows each
+    assert len(shared) >= 2 and (any(shared) if extra else all(shared))
+    for group in ("theta", "shadow", "lora"):
+        for n, p in getattr(a, group).items():
+            torch.testing.assert_close(p, getattr(b, group)[n], atol=1e-8, rtol=0)
 
 
 def test_peft_style_lora_forward_gives_the_same_bridge_step(tokenizer):

@@ -41,7 +41,7 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
         self.scaling = alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self._cache_enabled = False
+        self._cache_enabled = self._cache_grad = False
         self._cached: torch.Tensor | None = None
 
     def merged_weight(self) -> torch.Tensor:
@@ -51,7 +51,7 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (isinstance(self.dropout, nn.Dropout) and self.training) or (not self.merged and torch.is_grad_enabled()):
             return self.base_layer(x) + self.scaling * self.lora_B(self.lora_A(self.dropout(x)))
-        if self._cache_enabled and not torch.is_grad_enabled():
+        if self._cache_enabled and (self._cache_grad or not torch.is_grad_enabled()):
             # Generation calls forward once per new token with unchanged weights: merge once.
             if self._cached is None:
                 self._cached = self.merged_weight()
@@ -99,17 +99,18 @@ def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
 
 
 @contextmanager
-def merge_cache(model: nn.Module) -> Iterator[None]:
-    """Within the block (no-grad forwards with fixed weights, e.g. one generate call), each
-    LoRA layer merges its weight once instead of once per decoded token."""
+def merge_cache(model: nn.Module, grad: bool = False) -> Iterator[None]:
+    """Within the block (forwards with fixed weights: one generate call, decoding token by token;
+    with grad=True, the passes of one micro-batch before its backward), each LoRA layer merges its
+    weight once and reuses it, graph included, instead of merging once per forward."""
     layers = [m for _, m in lora_modules(model)]
     for m in layers:
-        m._cache_enabled, m._cached = True, None
+        m._cache_enabled, m._cache_grad, m._cached = True, grad, None
     try:
         yield
     finally:
         for m in layers:
-            m._cache_enabled, m._cached = False, None
+            m._cache_enabled, m._cache_grad, m._cached = False, False, None
 
 
 def merged_state_dict(model: nn.Module, overrides: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

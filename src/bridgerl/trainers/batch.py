@@ -142,21 +142,25 @@ def concat(batches: list[TokenBatch], pad_id: int) -> TokenBatch:
 
 
 def sequence_logprobs(model: torch.nn.Module, batch: TokenBatch, *, with_entropy: bool = False,
-                      entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      entropy_grad: bool = False, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of the completion tokens [B, C] (and, with_entropy, their entropies [B, C]).
 
     entropy_grad: the entropies keep their graph, so an entropy bonus in the loss reaches the
     weights. That holds a float32 [C, V] softmax per row for the backward pass, so ask for it only
     when the bonus is on; otherwise they are computed without grad, as a metric.
+    share_prompts: rows with the same prompt (a rollout group's G samples) run it through the model
+    once (`shared_prompt_logits`); the same log-probs up to float rounding.
     """
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     attention = torch.cat([batch.prompt_mask, batch.completion_mask.clamp(max=1)], dim=1)
     # Positions count only real tokens, as generate does under left padding.
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     C = batch.completion_ids.shape[1]
-    # logits_to_keep: the LM head runs only on the C positions that predict completion tokens.
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                   logits_to_keep=C + 1, use_cache=False).logits[:, :-1]  # [B, C, V]
+    logits = shared_prompt_logits(model, batch, input_ids, attention, position_ids) if share_prompts else None
+    if logits is None:
+        # logits_to_keep: the LM head runs only on the C positions that predict completion tokens.
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                       logits_to_keep=C + 1, use_cache=False).logits[:, :-1]  # [B, C, V]
     logp = token_logprobs(logits, batch.completion_ids)
     entropy = None
     if with_entropy and entropy_grad:
@@ -165,3 +169,42 @@ def sequence_logprobs(model: torch.nn.Module, batch: TokenBatch, *, with_entropy
         with torch.no_grad():
             entropy = entropy_from_logits(logits.detach())
     return logp, entropy
+
+
+def shared_prompt_logits(model: torch.nn.Module, batch: TokenBatch, input_ids: torch.Tensor,
+                         attention: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor | None:
+    """[B, C, V] logits of the completion positions, each distinct prompt run through the model once.
+
+    The prompts but their last token go through the model once per distinct prompt, with its KV cache
+    kept (with its graph); the cache is indexed out to the B rows, and the rows' last prompt token and
+    completion (but the last token, whose logits are unused) run on top of it. Gradients reach the
+    weights through both passes, and through the cache each prompt's gathers its G rows' gradients.
+    The two passes share each LoRA layer's merged weight (`merge_cache(grad=True)`). None where no
+    two rows share a prompt, or the model's cache cannot be indexed (the caller runs the plain pass).
+    input_ids / attention / position_ids: [B, P + C], as the plain pass builds them.
+    """
+    from bridgerl.models.lora import merge_cache  # models imports this module's package
+
+    B, P = batch.prompt_ids.shape
+    C = batch.completion_ids.shape[1]
+    if P < 2:
+        return None
+    # distinct (ids, mask) rows: a pad id that is also a real token must not merge two prompts
+    distinct, inverse = torch.unique(torch.cat([batch.prompt_ids, batch.prompt_mask], dim=1), dim=0,
+                                     return_inverse=True)
+    if len(distinct) == B:
+        return None
+    first = torch.full((len(distinct),), B, dtype=torch.long, device=inverse.device).scatter_reduce(
+        0, inverse, torch.arange(B, device=inverse.device), reduce="amin")  # each prompt's first row
+    with merge_cache(model, grad=True):
+        prefix = model(input_ids=input_ids[first, :P - 1], attention_mask=attention[first, :P - 1],
+                       position_ids=position_ids[first, :P - 1], use_cache=True, logits_to_keep=1)
+        key = "cache" if "cache" in prefix else "past_key_values"  # its name in transformers >= 5.x
+        cache = prefix.get(key)
+        if not hasattr(cache, "batch_select_indices"):  # a legacy tuple cache (older transformers)
+            return None
+        cache.batch_select_indices(inverse)  # [U, ...] -> [B, ...], differentiable indexing
+        window = slice(P - 1, P + C - 1)  # the last prompt token and the completion but its last token
+        return model(input_ids=input_ids[:, window], attention_mask=attention[:, :P + C - 1],
+                     position_ids=position_ids[:, window], use_cache=True, logits_to_keep=0,
+                     **{key: cache}).logits  # [B, C, V]

@@ -148,7 +148,10 @@ def sft_batch(st: TrainState) -> TokenBatch:
 
 def _forward(st: TrainState, batch: TokenBatch, params: dict[str, torch.Tensor] | None, with_entropy: bool,
              entropy_grad: bool = False):
-    return sequence_logprobs(st.forward_module(params), batch, with_entropy=with_entropy, entropy_grad=entropy_grad)
+    # A rollout batch's G samples of a prompt run the prompt through the model once (train.share_prompts);
+    # not under FSDP, where two forwards before one backward crashed the 2-process test (torch 2.13).
+    return sequence_logprobs(st.forward_module(params), batch, with_entropy=with_entropy, entropy_grad=entropy_grad,
+                             share_prompts=st.cfg.train.share_prompts and not st.sharded)
 
 
 def rl_pass(st: TrainState, rb: RLBatch, *, scale: float = 1.0, params: dict[str, torch.Tensor] | None = None,

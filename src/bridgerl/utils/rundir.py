@@ -24,7 +24,8 @@ INTERRUPTED = "interrupted"  # summary.json status of a run stopped by SIGINT / 
 # Evaluation is greedy between steps (it draws no random numbers), so it cannot change training.
 NEUTRAL_KEYS = ("run.name", "run.output_dir", "run.overwrite", "resume", "log.", "eval.", "train.log_every",
                 "train.save_every", "train.keep_last", "train.checkpoint_minutes", "train.max_minutes",
-                "train.micro_batch_size", "train.micro_batch_tokens", "train.return_freed_memory")
+                "train.micro_batch_size", "train.micro_batch_tokens", "train.return_freed_memory",
+                "rollout.hf_share_prefill", "train.share_prompts")
 
 
 def run_dir_for(cfg: Config) -> Path:
