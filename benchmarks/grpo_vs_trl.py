@@ -21,8 +21,8 @@ example.
 
 --sources: ours alone, as configured and with each source of gain removed on its own (SOURCES: a
 reference model although the KL term is off, old log-probs recomputed although the batch is used
-once, a float32 log-softmax over the whole vocabulary, no length packing, every prompt prefilled
-once per sample, a static KV cache), the variants taking turns step by step on one state; step time
+once, a float32 log-softmax over the whole vocabulary, no length packing, every prompt trained and
+prefilled once per sample, a static KV cache), the variants taking turns step by step on one state; step time
 and per-step peak resident memory each.
 
 Lengths: a step's time follows the *longest* completion of its batch (generation runs until the
@@ -382,6 +382,8 @@ SOURCES = {
                            "logits (ours: one row's logsumexp at a time)",
     "no_length_packing": "train.micro_batch_tokens=null: micro-batches in rollout order, padded to the "
                          "longest completion of the batch",
+    "no_shared_prompt_pass": "train.share_prompts=false: every row runs its prompt through the forward and "
+                             "backward passes (not only once per group)",
     "no_shared_prefill": "rollout.hf_share_prefill=false: transformers' num_return_sequences, which "
                          "prefills every prompt once per sample",
     "static_cache": "rollout.hf_cache_implementation=static (preallocated KV cache, no compile; its "
@@ -423,6 +425,9 @@ def _without(st: Any, source: str):
     elif source == "no_length_packing":
         tokens, cfg.train.micro_batch_tokens = cfg.train.micro_batch_tokens, None
         undo.append(lambda: setattr(cfg.train, "micro_batch_tokens", tokens))
+    elif source == "no_shared_prompt_pass":
+        share, cfg.train.share_prompts = cfg.train.share_prompts, False
+        undo.append(lambda: setattr(cfg.train, "share_prompts", share))
     elif source == "no_shared_prefill":
         share, st.engine.share_prefill = st.engine.share_prefill, False
         undo.append(lambda: setattr(st.engine, "share_prefill", share))

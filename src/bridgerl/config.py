@@ -358,6 +358,10 @@ class TrainConfig:
     # which on SmolLM2 held 1-2 GB more resident than the tensors alive (docs/decisions.md, "A
     # memory-lean shadow"). No effect elsewhere.
     return_freed_memory: bool = False
+    # glibc (Linux): malloc_trim(0) at the end of every timed phase (generate, rl_fwd_bwd, shadow_fwd_bwd,
+    # optim, ...), so memory one phase freed is not kept resident through the next; a lighter alternative
+    # to return_freed_memory (docs/decisions.md, "A memory-lean shadow"). No effect elsewhere.
+    trim_after_phases: bool = False
     max_minutes: float | None = None  # stop after this wall time (equal-wall-clock comparisons)
     log_every: int = 1
     save_every: int = 0  # checkpoint every N steps (0 = off; see checkpoint_minutes)

@@ -34,7 +34,7 @@ from bridgerl.utils.distributed import init_distributed
 from bridgerl.utils.checkpoint import PREFIX, complete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from bridgerl.utils.interrupt import RunInterrupted, StopRequest
 from bridgerl.utils.logging import MetricLogger, NullLogger, quiet_transformers
-from bridgerl.utils.memory import held_mb, peak_cuda_mb, peak_rss_mb, return_freed_memory
+from bridgerl.utils.memory import held_mb, peak_cuda_mb, peak_rss_mb, return_freed_memory, trim_freed_memory
 from bridgerl.utils.progress import progress_display
 from bridgerl.utils.rundir import INTERRUPTED, Start, plan_start
 from bridgerl.utils.seed import seed_everything
@@ -181,6 +181,8 @@ def setup(cfg: Config) -> tuple[TrainState, Task]:
     check_lengths(cfg, task, tokenizer, model, say=say if dist.main else None)
     engine = make_engine(cfg, model, tokenizer, task)
     st = build_state(cfg, task, model, tokenizer, engine, dist)
+    if cfg.train.trim_after_phases:
+        st.timer.after = trim_freed_memory
     return st, task
 
 

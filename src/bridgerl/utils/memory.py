@@ -20,21 +20,34 @@ def peak_rss_mb() -> float:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 
+def _glibc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_freed_memory() -> bool:
+    """glibc's malloc_trim(0): give the free pages of every heap back to the OS now (what a phase
+    freed stays resident otherwise, kept for reuse). False where the C library is not glibc or had
+    nothing to return."""
+    libc = _glibc()
+    return bool(libc is not None and hasattr(libc, "malloc_trim") and libc.malloc_trim(0))
+
+
 def return_freed_memory(mmap_threshold: int = 65536) -> bool:
     """Tell glibc to give freed memory back to the OS at once: blocks of >= `mmap_threshold` bytes are
     mapped and unmapped on their own (a fixed threshold: glibc otherwise raises it to the largest block
     freed, up to 32 MiB, and serves later tensors from a heap it keeps), and the heap's top is trimmed
     whenever it is free. The same as MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0 in the
     environment, for allocations made after the call. False where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallopt"):
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, 0))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 0))
 
 
 def peak_cuda_mb() -> float | None:

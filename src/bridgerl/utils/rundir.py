@@ -25,7 +25,8 @@ INTERRUPTED = "interrupted"  # summary.json status of a run stopped by SIGINT / 
 NEUTRAL_KEYS = ("run.name", "run.output_dir", "run.overwrite", "resume", "log.", "eval.", "train.log_every",
                 "train.save_every", "train.keep_last", "train.checkpoint_minutes", "train.max_minutes",
                 "train.micro_batch_size", "train.micro_batch_tokens", "train.return_freed_memory",
-                "rollout.hf_share_prefill", "train.share_prompts")
+                "rollout.hf_share_prefill", "train.share_prompts",
+                "train.trim_after_phases")
 
 
 def run_dir_for(cfg: Config) -> Path:

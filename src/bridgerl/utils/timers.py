@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 
 
 class PhaseTimer:
-    def __init__(self) -> None:
+    """after: called at the end of every phase, outside its time (train.trim_after_phases)."""
+
+    def __init__(self, after: Callable[[], object] | None = None) -> None:
         self.totals: dict[str, float] = defaultdict(float)
+        self.after = after
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
@@ -23,6 +26,8 @@ class PhaseTimer:
         finally:
             _sync()
             self.totals[phase] += time.perf_counter() - start
+            if self.after is not None:
+                self.after()
 
     def pop(self) -> dict[str, float]:
         """The phase times accumulated since the last pop, as `time/<phase>` metrics."""
