@@ -130,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch CPU threads (default 1, see the docstring; 0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="model.name_or_path for both (default: the config's)")
+    p.add_argument("--only", nargs="+", choices=list(SOURCES), default=None,
+                   help="with --sources: these variants only ('ours' is always run)")
     p.add_argument("--sources", action="store_true",
                    help="also time ours with each source of gain removed on its own (see SOURCES), interleaved")
     p.add_argument("--no-trl", action="store_true", help="with --sources: only the sources (no TRL modes)")
@@ -453,7 +455,7 @@ def run_sources(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg, st, _ = build_ours(args, forced=False)
     out: dict[str, Any] = {k: {"what": v, "step_s": [], "peak_mb": [], "mean_length": [], "phases": []}
-                           for k, v in SOURCES.items()}
+                           for k, v in SOURCES.items() if k == "ours" or not args.only or k in args.only}
     for round_ in range(args.warmup + args.steps):
         for source, rec in out.items():
             with _without(st, source):

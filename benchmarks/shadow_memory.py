@@ -16,7 +16,8 @@ AdamW moments in memory, LoRA trained through merged weights); bridge-lean (brid
 thetahat's moments in a file, mapped one parameter at a time, and, since 7cd97fc, theta's and thetahat's
 weights in file mappings, each paged out while the other copy works); bridge+unmerged_lora (lora.merged=false:
 B(A(x)) added to the base layer's output, no merged copy of each weight held until backward);
-bridge-lean+unmerged_lora (both). benchmarks/results/shadow_memory.json holds the measured figures.
+bridge-lean+unmerged_lora (both); each also as <variant>+trim (train.trim_after_phases=true: glibc's
+malloc_trim at the end of every phase). benchmarks/results/shadow_memory.json holds the measured figures.
 Written to benchmarks/results/shadow_memory.json. glibc's MALLOC_* settings in the environment (the
 children inherit them) are recorded with the figures: they decide how much freed memory stays resident.
 """
@@ -40,6 +41,8 @@ VARIANTS = {"grpo": ["recipe=grpo"], "bridge": ["recipe=bridge"],
             "bridge-lean": ["recipe=bridge", "bridge.lean_shadow=true"],
             "bridge+unmerged_lora": ["recipe=bridge", "lora.merged=false"],
             "bridge-lean+unmerged_lora": ["recipe=bridge", "bridge.lean_shadow=true", "lora.merged=false"]}
+# the same with glibc's free pages returned at the end of every phase (train.trim_after_phases)
+VARIANTS |= {f"{k}+trim": [*v, "train.trim_after_phases=true"] for k, v in list(VARIANTS.items())}
 
 
 def rss_mb() -> float:
