@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bridgerl.algos import entropy_from_logits, token_logprobs
+from bridgerl.models.lora import merge_cache
 
 
 @dataclass
@@ -178,13 +179,11 @@ def shared_prompt_logits(model: torch.nn.Module, batch: TokenBatch, input_ids: t
     The prompts but their last token go through the model once per distinct prompt, with its KV cache
     kept (with its graph); the cache is indexed out to the B rows, and the rows' last prompt token and
     completion (but the last token, whose logits are unused) run on top of it. Gradients reach the
-    weights through both passes, and through the cache each prompt's gathers its G rows' gradients.
+    weights through both passes, and through the cache each prompt gathers its G rows' gradients.
     The two passes share each LoRA layer's merged weight (`merge_cache(grad=True)`). None where no
     two rows share a prompt, or the model's cache cannot be indexed (the caller runs the plain pass).
     input_ids / attention / position_ids: [B, P + C], as the plain pass builds them.
     """
-    from bridgerl.models.lora import merge_cache  # models imports this module's package
-
     B, P = batch.prompt_ids.shape
     C = batch.completion_ids.shape[1]
     if P < 2:
