@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import resource
 import sys
 from collections.abc import Iterable
@@ -20,7 +21,9 @@ def peak_rss_mb() -> float:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 
+@functools.cache
 def _glibc():
+    # loaded once: find_library runs ldconfig in a subprocess, and trim_freed_memory runs every phase
     import ctypes
     import ctypes.util
 
