@@ -17,7 +17,8 @@ thetahat's moments in a file, mapped one parameter at a time, and, since 7cd97fc
 weights in file mappings, each paged out while the other copy works); bridge+unmerged_lora (lora.merged=false:
 B(A(x)) added to the base layer's output, no merged copy of each weight held until backward);
 bridge-lean+unmerged_lora (both); each also as <variant>+trim (train.trim_after_phases=true: glibc's
-malloc_trim at the end of every phase). benchmarks/results/shadow_memory.json holds the measured figures.
+malloc_trim at the end of every phase) and as <variant>+free (train.return_freed_memory=true: freed
+blocks of >= 64 KiB unmapped at once, within phases too). benchmarks/results/shadow_memory.json holds the measured figures.
 Written to benchmarks/results/shadow_memory.json. glibc's MALLOC_* settings in the environment (the
 children inherit them) are recorded with the figures: they decide how much freed memory stays resident.
 """
@@ -42,7 +43,10 @@ VARIANTS = {"grpo": ["recipe=grpo"], "bridge": ["recipe=bridge"],
             "bridge+unmerged_lora": ["recipe=bridge", "lora.merged=false"],
             "bridge-lean+unmerged_lora": ["recipe=bridge", "bridge.lean_shadow=true", "lora.merged=false"]}
 # the same with glibc's free pages returned at the end of every phase (train.trim_after_phases)
-VARIANTS |= {f"{k}+trim": [*v, "train.trim_after_phases=true"] for k, v in list(VARIANTS.items())}
+# and with glibc returning freed blocks at once, within phases too (train.return_freed_memory)
+BASE = dict(VARIANTS)
+VARIANTS |= {f"{k}+trim": [*v, "train.trim_after_phases=true"] for k, v in BASE.items()}
+VARIANTS |= {f"{k}+free": [*v, "train.return_freed_memory=true"] for k, v in BASE.items()}
 
 
 def rss_mb() -> float:
