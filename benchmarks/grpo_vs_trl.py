@@ -450,7 +450,7 @@ def run_sources(args: argparse.Namespace) -> dict[str, Any]:
     taking turns step by step (after one untimed round), so that drift in the weights, the lengths
     and the machine's load reach all alike. Peak memory per step from the process's VmHWM, reset
     before each step (Linux); the model and its optimizer state are in every figure."""
-    from bridgerl.report.compare import _reset_peak_memory, _vm_hwm_mb
+    from bridgerl.utils.memory import reset_peak_memory, vm_hwm_mb
     from bridgerl.trainers.recipes import STEPS
 
     cfg, st, _ = build_ours(args, forced=False)
@@ -459,12 +459,12 @@ def run_sources(args: argparse.Namespace) -> dict[str, Any]:
     for round_ in range(args.warmup + args.steps):
         for source, rec in out.items():
             with _without(st, source):
-                _reset_peak_memory()
+                reset_peak_memory()
                 t0 = time.perf_counter()
                 metrics = STEPS["grpo"](st)
                 dt = time.perf_counter() - t0
                 phases = st.timer.pop()
-                peak = _vm_hwm_mb()
+                peak = vm_hwm_mb()
             st.step += 1
             if round_ >= args.warmup:
                 rec["step_s"].append(dt)

@@ -194,29 +194,6 @@ def config_mismatch(stored: dict[str, Any], planned: Config) -> list[str]:
     return config_changes(stored, planned, ignored + keys_unread_by(planned.recipe))
 
 
-# -- per-run memory -----------------------------------------------------------------------------
-
-def _reset_peak_memory() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets this process's VmHWM (Linux)
-    except OSError:
-        pass
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _vm_hwm_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 # -- running ------------------------------------------------------------------------------------
 
 class _EtaColumn(ProgressColumn):
@@ -350,6 +327,7 @@ def _run_in_process(plan: list[PlannedRun], start: int, path: str | None, user: 
                     sft_steps: int | None, out: _Results, progress: Progress, bar: TaskID) -> None:
     """The runs plan[start:], one after the other in this process."""
     from bridgerl.trainers.loop import train
+    from bridgerl.utils.memory import reset_peak_memory, vm_hwm_mb
 
     for i in range(start, len(plan)):
         pr = plan[i]
@@ -363,9 +341,9 @@ def _run_in_process(plan: list[PlannedRun], start: int, path: str | None, user: 
         else:
             progress.update(bar, description=f"{pr.label} seed {pr.seed} ({i + 1}/{len(plan)})",
                             eta_at=out.eta(plan[i:], minutes))
-            _reset_peak_memory()
+            reset_peak_memory()
             train(cfg)
-            _write_sidecar(run_dir, _vm_hwm_mb())
+            _write_sidecar(run_dir, vm_hwm_mb())
         out.add(i, pr, user, skipped)
         progress.update(bar, advance=1)
 

@@ -6,6 +6,7 @@ import functools
 import resource
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
@@ -15,6 +16,29 @@ from bridgerl.utils.sharding import local_tensor
 def peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def reset_peak_memory() -> None:
+    """Start this process's peak memory over from now: the kernel's resident high-water mark (VmHWM,
+    Linux: /proc/self/clear_refs) and CUDA's allocator peak. Elsewhere a no-op."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def vm_hwm_mb() -> float | None:
+    """The resident high-water mark since the process started or `reset_peak_memory` last ran (MiB;
+    None where /proc is missing). getrusage's peak, unlike this one, cannot be reset."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 # glibc's mallopt parameters (malloc.h)
