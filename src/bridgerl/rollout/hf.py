@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from bridgerl.models.kv_cache import left_padded_positions, output_cache
 from bridgerl.models.lora import merge_cache
 from bridgerl.rollout.base import Rollout, SamplingParams
 from bridgerl.utils.sharding import gathered
@@ -97,13 +98,11 @@ class HFEngine:
         first sampled token's logits. Position ids follow generate's own rule for left padding.
         None where the model's cache cannot be repeated (the caller then lets generate repeat)."""
         params = inspect.signature(self.model.forward).parameters
-        key = "cache" if "cache" in params else "past_key_values"  # the name in transformers >= 5.x
         prefix_ids, prefix_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
-        position_ids = (prefix_mask.long().cumsum(-1) - 1).masked_fill(prefix_mask == 0, 0)
         keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the prefix's logits are unused
-        out = self.model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=position_ids,
-                         use_cache=True, **keep)
-        cache = out[key]
+        out = self.model(input_ids=prefix_ids, attention_mask=prefix_mask,
+                         position_ids=left_padded_positions(prefix_mask), use_cache=True, **keep)
+        key, cache = output_cache(out)
         if not hasattr(cache, "batch_repeat_interleave"):  # a legacy tuple cache (older transformers)
             return None
         cache.batch_repeat_interleave(n)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bridgerl.algos import entropy_from_logits, token_logprobs
+from bridgerl.models.kv_cache import left_padded_positions, output_cache
 from bridgerl.models.lora import merge_cache
 
 
@@ -154,8 +155,7 @@ def sequence_logprobs(model: torch.nn.Module, batch: TokenBatch, *, with_entropy
     """
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     attention = torch.cat([batch.prompt_mask, batch.completion_mask.clamp(max=1)], dim=1)
-    # Positions count only real tokens, as generate does under left padding.
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    position_ids = left_padded_positions(attention)  # real tokens only, as generate counts them
     C = batch.completion_ids.shape[1]
     logits = shared_prompt_logits(model, batch, input_ids, attention, position_ids) if share_prompts else None
     if logits is None:
@@ -198,8 +198,7 @@ def shared_prompt_logits(model: torch.nn.Module, batch: TokenBatch, input_ids: t
     with merge_cache(model, grad=True):
         prefix = model(input_ids=input_ids[first, :P - 1], attention_mask=attention[first, :P - 1],
                        position_ids=position_ids[first, :P - 1], use_cache=True, logits_to_keep=1)
-        key = "cache" if "cache" in prefix else "past_key_values"  # its name in transformers >= 5.x
-        cache = prefix.get(key)
+        key, cache = output_cache(prefix)
         if not hasattr(cache, "batch_select_indices"):  # a legacy tuple cache (older transformers)
             return None
         cache.batch_select_indices(inverse)  # [U, ...] -> [B, ...], differentiable indexing
