@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -58,6 +57,7 @@ def child(variant: str, config: str, overrides: list[str], steps: int) -> dict:
     from bridgerl.config_load import load_config
     from bridgerl.trainers.loop import setup
     from bridgerl.trainers.recipes import STEPS
+    from bridgerl.utils.memory import peak_rss_mb
 
     cfg = load_config(config, [*overrides, *VARIANTS[variant], "log.progress=false", "log.tensorboard=false"])
     st, _ = setup(cfg)
@@ -94,7 +94,7 @@ def child(variant: str, config: str, overrides: list[str], steps: int) -> dict:
         times.append(time.perf_counter() - t)
     done.set()
     thread.join()
-    return {"variant": variant, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"variant": variant, "peak_rss_mb": peak_rss_mb(),
             "rss_after_setup_mb": after_setup, "peak_rss_by_phase_mb": dict(sorted(peaks.items())),
             "step_s": times, "steps": steps}
 

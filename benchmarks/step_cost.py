@@ -288,36 +288,16 @@ def state_bytes(st) -> dict[str, float]:
             "params": sum(p.numel() for p in params.values())}
 
 
-def _proc_status_mb(field: str) -> float | None:
-    """VmRSS / VmHWM of this process from /proc (Linux), in MiB; None elsewhere."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_rss_peak() -> bool:
-    """Reset this process's resident-set high-water mark (Linux: write 5 to /proc/self/clear_refs)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def worker(args: argparse.Namespace) -> None:
     """One recipe, one length mode, fresh process: peak memory."""
     recipe, mode, path = args._worker.split(":", 2)
     torch = prepare_torch(args)
-    from bridgerl.utils.memory import peak_rss_mb
+    from bridgerl.utils.memory import peak_rss_mb, proc_status_mb, reset_peak_memory, vm_hwm_mb
 
     cfg, st, record = build(recipe, args)
     set_length(st, mode, cfg.rollout.max_new_tokens)
-    out: dict[str, Any] = {"setup_peak_rss_mb": _proc_status_mb("VmHWM"), "baseline_rss_mb": _proc_status_mb("VmRSS")}
-    reset = _reset_rss_peak()
+    out: dict[str, Any] = {"setup_peak_rss_mb": vm_hwm_mb(), "baseline_rss_mb": proc_status_mb("VmRSS")}
+    reset = reset_peak_memory()
     if st.device.type == "cuda":
         torch.cuda.synchronize()
         out["baseline_cuda_mb"] = torch.cuda.memory_allocated() / 2**20
@@ -327,7 +307,7 @@ def worker(args: argparse.Namespace) -> None:
         seed_step(torch, args.seed, i)
         steps.append(one_step(torch, recipe, st, record)["step_s"])
     out["peak_rss_mb"] = peak_rss_mb()  # resource.getrusage: the whole process's peak (import and load included)
-    out["steps_peak_rss_mb"] = _proc_status_mb("VmHWM") if reset else None  # peak since the reset after setup
+    out["steps_peak_rss_mb"] = vm_hwm_mb() if reset else None  # peak since the reset after setup
     if st.device.type == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20  # since setup (the weights stay allocated)
     out["state"] = state_bytes(st)

@@ -13,7 +13,7 @@ from bridgerl.config_load import load_config
 from bridgerl.trainers.offload import FileAdamW, FileBacked
 from bridgerl.trainers.recipes import bridge_step
 from bridgerl.trainers.state import build_state
-from bridgerl.utils.memory import held_mb
+from bridgerl.utils.memory import held_mb, proc_status_mb
 
 from conftest import FixedEngine, ListTask, exact_config, tiny_llama
 
@@ -99,10 +99,9 @@ def test_bridge_with_the_lean_shadow_moves_theta_thetahat_and_w_exactly_as_witho
 
 
 def _rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    rss = proc_status_mb("VmRSS")
+    assert rss is not None, "no VmRSS"
+    return rss
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads Linux's /proc")

@@ -15,7 +15,7 @@ big = torch.ones(64 * 2**20)  # 256 MiB, touched
 del big
 trim_freed_memory()
 before = vm_hwm_mb()
-reset_peak_memory()
+assert reset_peak_memory()
 print(before, vm_hwm_mb())
 '''
 

@@ -18,27 +18,35 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def reset_peak_memory() -> None:
+def reset_peak_memory() -> bool:
     """Start this process's peak memory over from now: the kernel's resident high-water mark (VmHWM,
-    Linux: /proc/self/clear_refs) and CUDA's allocator peak. Elsewhere a no-op."""
+    Linux: /proc/self/clear_refs) and CUDA's allocator peak. Returns whether the resident peak was
+    reset (False where /proc is missing)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
+        reset = True
     except OSError:
-        pass
+        reset = False
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.reset_peak_memory_stats()
+    return reset
+
+
+def proc_status_mb(field: str) -> float | None:
+    """A size field of /proc/self/status (VmRSS, VmHWM, RssAnon, ...) in MiB; None where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def vm_hwm_mb() -> float | None:
     """The resident high-water mark since the process started or `reset_peak_memory` last ran (MiB;
     None where /proc is missing). getrusage's peak, unlike this one, cannot be reset."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    return proc_status_mb("VmHWM")
 
 
 # glibc's mallopt parameters (malloc.h)
