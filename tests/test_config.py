@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bridgerl.config import PRETRAINED_LR, RECIPE_LR, RECIPES, Config, ConfigError
@@ -11,6 +13,19 @@ from bridgerl.config_load import dump_yaml, load_config
 def test_defaults_are_the_embedded_bridge_run():
     cfg = load_config()
     assert cfg.recipe == "bridge" and cfg.model.name_or_path == "embedded" and cfg.task.name == "arith"
+
+
+def test_the_testbeds_rollouts_are_cut_short_of_its_evaluation_and_other_models_keep_one_budget(tmp_path):
+    cfg = load_config()  # v3: rollouts 24 tokens, evaluation 48
+    assert (cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens) == (24, 48)
+    assert load_config(None, ["rollout.max_new_tokens=64"]).eval.max_new_tokens == 64  # never below the rollouts
+    assert load_config(None, ["eval.max_new_tokens=30"]).eval.max_new_tokens == 30  # a value given is kept
+    other = load_config(None, ["model.name_or_path=" + str(tmp_path)])
+    assert (other.rollout.max_new_tokens, other.eval.max_new_tokens) == (48, None)  # None: the rollouts' budget
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for preset in ("testbed-v1.yaml", "testbed-v2.yaml"):  # the earlier testbeds: 48 tokens for both
+        cfg = load_config(configs / preset)
+        assert (cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens) == (48, 48), preset
 
 
 def test_overrides_are_typed_and_nested():

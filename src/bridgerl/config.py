@@ -41,6 +41,10 @@ def keys_unread_by(recipe: str) -> tuple[str, ...]:
 
 # The testbed's base models (models/loading.py), whose rates below were chosen on its val split.
 TESTBED_MODELS = ("embedded", "embedded-v1")
+# Completion budgets where rollout.max_new_tokens / eval.max_new_tokens are not set: on the testbed,
+# rollouts cut at 24 tokens and evaluation at 48 (v3: the SFT traces' ~25-token chains are cut off in
+# RL, as the paper's long traces are at 3,000 of its 5,000 evaluation tokens); elsewhere 48 for both.
+TESTBED_ROLLOUT_TOKENS, TESTBED_EVAL_TOKENS, DEFAULT_NEW_TOKENS = 24, 48, 48
 
 # theta's learning rate per recipe on the embedded testbed, where optim.lr is not set (as TRL's
 # SFTConfig and GRPOConfig have their own defaults). Each is the rate with the best final greedy
@@ -198,7 +202,10 @@ class RolloutConfig:
     engine: str = "hf"  # hf | vllm (vllm: optional extra, GPU only, experimental)
     num_generations: int = 8  # G: completions per prompt (group size)
     prompts_per_step: int = 16  # RL prompts per step (batch = prompts_per_step * G rollouts)
-    max_new_tokens: int = 48
+    # completion tokens per rollout; None = the model's default (config_load.finish): on the embedded
+    # testbed 24, shorter than its 48-token evaluation, as the paper's rollouts (3,000) are shorter than
+    # its evaluation (5,000) (the v3 testbed, docs/decisions.md); on any other model 48
+    max_new_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     reward_noise: float = 0.0  # flip each 0/1 training reward with this probability (robustness study)
@@ -387,7 +394,8 @@ class EvalConfig:
     # hyperparameter (logged as eval_val/accuracy; no test number is computed, so none can sway the choice)
     split: str = "test"
     max_examples: int | None = None  # cap the periodic evaluation (None = the whole split)
-    max_new_tokens: int | None = None  # None = rollout.max_new_tokens
+    # None = rollout.max_new_tokens; on the embedded testbed the larger of it and 48 (config_load.finish)
+    max_new_tokens: int | None = None
     batch_size: int = 128
     k: int = 1  # avg@k / pass@k samples in the final evaluation (1 = greedy pass@1 only)
     temperature: float = 1.0  # sampling temperature for k > 1

@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from bridgerl.config import (CHOICES, LEAN_SHADOW_FSDP, PRETRAINED_LR, PRETRAINED_MICRO_BATCH, RECIPE_LR,
-                             TESTBED_LORA_LR, TESTBED_MODELS, TESTBED_SHADOW_LR, Config, ConfigError)
+from bridgerl.config import (CHOICES, DEFAULT_NEW_TOKENS, LEAN_SHADOW_FSDP, PRETRAINED_LR, PRETRAINED_MICRO_BATCH,
+                             RECIPE_LR, TESTBED_EVAL_TOKENS, TESTBED_LORA_LR, TESTBED_MODELS, TESTBED_ROLLOUT_TOKENS,
+                             TESTBED_SHADOW_LR, Config, ConfigError)
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -252,6 +253,10 @@ def finish(cfg: Config) -> Config:
         opt.shadow_lr = TESTBED_SHADOW_LR
     if cfg.train.micro_batch_size is None and not testbed:
         cfg.train.micro_batch_size = PRETRAINED_MICRO_BATCH
+    if cfg.rollout.max_new_tokens is None:
+        cfg.rollout.max_new_tokens = TESTBED_ROLLOUT_TOKENS if testbed else DEFAULT_NEW_TOKENS
+    if cfg.eval.max_new_tokens is None and testbed:
+        cfg.eval.max_new_tokens = max(TESTBED_EVAL_TOKENS, cfg.rollout.max_new_tokens)
     validate(cfg)
     return cfg
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bridgerl.config import Config, ConfigError
+from bridgerl.config import ConfigError
+from bridgerl.config_load import load_config
 from bridgerl.models.tiny import build_tokenizer
 from bridgerl.rollout.base import SamplingParams
 from bridgerl.rollout.hf import HFEngine, completion_mask, encode_left_padded
@@ -151,7 +152,7 @@ def test_generate_leaves_the_training_mode_as_it_was(tok):
 
 def test_from_config_reads_the_rollout_options_and_rejects_compile_without_static_cache(tok):
     model = tiny_llama(tok)
-    cfg = Config()
+    cfg = load_config()
     engine = HFEngine.from_config(cfg, model, tok)
     assert (engine.cache_implementation, engine.share_prefill) == ("dynamic", True)  # the defaults
     cfg.rollout.hf_share_prefill = False

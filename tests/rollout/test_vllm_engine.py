@@ -29,7 +29,7 @@ GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0, n=3)
 
 def policy(cfg: Config | None = None, seed: int = 0):
     """The embedded model with our LoRA, w != 0 and theta moved: the live policy is not the checkpoint."""
-    cfg = cfg or Config()
+    cfg = cfg or load_config()
     model, tok = load(cfg.model)
     attach_lora(model, cfg.lora.targets, r=4, alpha=8.0)
     g = torch.Generator().manual_seed(seed)
@@ -54,9 +54,9 @@ def names(calls):
 def test_the_engine_builds_vllm_on_the_resolved_model_directory(fake_vllm_module):
     # The construction line once unpacked `where, gguf = resolve(cfg.model)`, but resolve returns
     # one path (GGUF files are converted to a directory): a ValueError before vLLM was reached.
-    model, tok = load(Config().model)
-    VLLMEngine(Config(), model, tok)
-    assert llm().init_kwargs["model"] == resolve(Config().model)
+    model, tok = load(load_config().model)
+    VLLMEngine(load_config(), model, tok)
+    assert llm().init_kwargs["model"] == resolve(load_config().model)
 
 
 def test_the_engine_builds_from_the_config_with_bounded_memory(fake_vllm_module):
@@ -64,12 +64,13 @@ def test_the_engine_builds_from_the_config_with_bounded_memory(fake_vllm_module)
     model, tok = load(cfg.model)
     engine = VLLMEngine(cfg, model, tok, prompts=PROMPTS)
     longest = encode_left_padded(tok, PROMPTS)[0].shape[1]
-    assert engine.max_model_len == longest + cfg.rollout.max_new_tokens
+    new = cfg.eval.max_new_tokens  # the longer budget (the testbed's evaluation, 48; its rollouts, 24)
+    assert new > cfg.rollout.max_new_tokens and engine.max_model_len == longest + new
     assert llm().init_kwargs == {
         "model": resolve(cfg.model), "dtype": "float32", "seed": 5, "trust_remote_code": False,
         "gpu_memory_utilization": 0.3, "enable_prefix_caching": True, "max_num_seqs": 12,
         "max_num_batched_tokens": 4096, "enable_sleep_mode": False, "logprobs_mode": "raw_logprobs",
-        "distributed_executor_backend": "external_launcher", "max_model_len": longest + cfg.rollout.max_new_tokens}
+        "distributed_executor_backend": "external_launcher", "max_model_len": longest + new}
     assert names(llm().calls) == ["load_weights", "reset_prefix_cache"]  # synced once at construction
 
 
@@ -84,14 +85,15 @@ def test_make_engine_sizes_vllm_from_the_task_prompts(fake_vllm_module):
     prompts = engine_prompts(task, tok)
     assert len(prompts) == sum(len(s) for s in task.splits.values())
     longest = max(len(tok(p)["input_ids"]) for p in prompts)
-    assert engine.max_model_len == llm().init_kwargs["max_model_len"] == longest + cfg.rollout.max_new_tokens
+    new = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens)
+    assert engine.max_model_len == llm().init_kwargs["max_model_len"] == longest + new
 
 
 def test_without_a_gpu_the_engine_is_refused_in_one_line(fake_vllm_module, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    model, tok = load(Config().model)
+    model, tok = load(load_config().model)
     with pytest.raises(ConfigError, match="needs a CUDA GPU; use rollout.engine=hf"):
-        VLLMEngine(Config(), model, tok)
+        VLLMEngine(load_config(), model, tok)
     assert not fake_vllm.LLM.instances
 
 
@@ -103,14 +105,14 @@ def test_a_lora_on_the_tied_lm_head_is_refused_before_vllm_is_built(fake_vllm_mo
     assert not fake_vllm.LLM.instances
     attach_lora(model, ["lm_head"], r=2, alpha=4.0)  # a caller that attached it anyway: refused at sync
     with pytest.raises(ConfigError, match="lm_head"):
-        VLLMEngine(Config(), model, tok)
+        VLLMEngine(load_config(), model, tok)
 
 
 # -- weights ------------------------------------------------------------------------------------
 
 def test_sync_loads_theta_plus_w_merged_then_resets_the_prefix_cache(fake_vllm_module):
     model, tok = policy()
-    engine = VLLMEngine(Config(), model, tok)
+    engine = VLLMEngine(load_config(), model, tok)
     (loaded, sent), reset = llm().calls[:2]
     assert loaded == "load_weights" and reset == ("reset_prefix_cache", True)
     assert sent == sorted(n for n, _ in vllm_weight_items(model))
@@ -125,7 +127,7 @@ def test_sync_loads_theta_plus_w_merged_then_resets_the_prefix_cache(fake_vllm_m
 
 def test_the_engine_resyncs_when_weights_change_or_are_swapped(fake_vllm_module):
     model, tok = policy()
-    engine = VLLMEngine(Config(), model, tok)
+    engine = VLLMEngine(load_config(), model, tok)
     theta, _ = split_params(model)
     name = "model.layers.0.self_attn.q_proj.base_layer.weight"
     shadow = {name: theta[name].detach() + 0.5}
@@ -142,7 +144,7 @@ def test_the_engine_resyncs_when_weights_change_or_are_swapped(fake_vllm_module)
 
 def test_a_refused_prefix_cache_reset_raises(fake_vllm_module):
     model, tok = policy()
-    engine = VLLMEngine(Config(), model, tok)
+    engine = VLLMEngine(load_config(), model, tok)
     llm().reset_result = False  # requests still holding cached blocks
     with pytest.raises(RuntimeError, match="prefix cache"):
         engine.sync(model)
@@ -151,9 +153,9 @@ def test_a_refused_prefix_cache_reset_raises(fake_vllm_module):
 def test_without_an_in_process_model_weights_go_through_collective_rpc(fake_vllm_module, monkeypatch):
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # engine core in another process
     model, tok = policy()
-    prebuilt = fake_vllm.LLM(resolve(Config().model), dtype="float32")
+    prebuilt = fake_vllm.LLM(resolve(load_config().model), dtype="float32")
     assert not hasattr(prebuilt.llm_engine, "model_executor")
-    VLLMEngine(Config(), model, tok, llm=prebuilt)
+    VLLMEngine(load_config(), model, tok, llm=prebuilt)
     assert names(prebuilt.calls)[:3] == ["collective_rpc", "load_weights", "reset_prefix_cache"]
     assert torch.equal(dict(prebuilt.hf.named_parameters())["model.layers.0.mlp.up_proj.weight"],
                        merged_state_dict(model)["model.layers.0.mlp.up_proj.weight"])
@@ -163,7 +165,7 @@ def test_without_an_in_process_model_weights_go_through_collective_rpc(fake_vllm
 
 def test_sampled_rollouts_are_grouped_masked_and_carry_the_policys_logprobs(fake_vllm_module):
     model, tok = policy()
-    engine = VLLMEngine(Config(), model, tok)
+    engine = VLLMEngine(load_config(), model, tok)
     r = engine.generate(PROMPTS, SAMPLE)
     ids, mask = encode_left_padded(tok, PROMPTS)
     assert len(r) == 12 and torch.equal(r.prompt_ids, ids.repeat_interleave(4, 0))
@@ -187,7 +189,7 @@ def test_sampled_rollouts_are_grouped_masked_and_carry_the_policys_logprobs(fake
 
 def test_greedy_matches_the_hf_engine(fake_vllm_module):
     model, tok = policy()
-    engine = VLLMEngine(Config(), model, tok)
+    engine = VLLMEngine(load_config(), model, tok)
     a, b = engine.generate(PROMPTS, GREEDY), HFEngine(model, tok).generate(PROMPTS, GREEDY)
     assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
     assert a.texts == b.texts and a.finish_reasons == b.finish_reasons
@@ -195,7 +197,7 @@ def test_greedy_matches_the_hf_engine(fake_vllm_module):
 
 def test_prompt_logprobs_score_whole_sequences_with_the_synced_weights(fake_vllm_module):
     model, tok = policy()
-    engine = VLLMEngine(Config(), model, tok)
+    engine = VLLMEngine(load_config(), model, tok)
     r = HFEngine(model, tok).generate(PROMPTS[:2], GREEDY)
     sequences = [p[m.bool()].tolist() + c[k.bool()].tolist()
                  for p, m, c, k in zip(r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)]
