@@ -54,9 +54,10 @@ def names(calls):
 def test_the_engine_builds_vllm_on_the_resolved_model_directory(fake_vllm_module):
     # The construction line once unpacked `where, gguf = resolve(cfg.model)`, but resolve returns
     # one path (GGUF files are converted to a directory): a ValueError before vLLM was reached.
-    model, tok = load(load_config().model)
-    VLLMEngine(load_config(), model, tok)
-    assert llm().init_kwargs["model"] == resolve(load_config().model)
+    cfg = load_config()
+    model, tok = load(cfg.model)
+    VLLMEngine(cfg, model, tok)
+    assert llm().init_kwargs["model"] == resolve(cfg.model)
 
 
 def test_the_engine_builds_from_the_config_with_bounded_memory(fake_vllm_module):
@@ -91,9 +92,10 @@ def test_make_engine_sizes_vllm_from_the_task_prompts(fake_vllm_module):
 
 def test_without_a_gpu_the_engine_is_refused_in_one_line(fake_vllm_module, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    model, tok = load(load_config().model)
+    cfg = load_config()
+    model, tok = load(cfg.model)
     with pytest.raises(ConfigError, match="needs a CUDA GPU; use rollout.engine=hf"):
-        VLLMEngine(load_config(), model, tok)
+        VLLMEngine(cfg, model, tok)
     assert not fake_vllm.LLM.instances
 
 
